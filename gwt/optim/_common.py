@@ -1,0 +1,114 @@
+"""Shared pieces of the GWT optimizers: argument checks, group validation, state dtypes and the
+optional ``torch.compile`` of per-parameter step functions."""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Callable
+
+import torch
+
+from gwt.wavelets import check_boundary, check_depth, check_level, check_wavelet
+
+STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def check_range(key: str, value, low: float, high: float = math.inf, *, low_open=False, high_open=True):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"{key}={value!r} is out of range; valid: a number in {lo}{low}, {high}{hi}")
+    return float(value)
+
+
+def check_betas(betas, key: str = "betas") -> tuple[float, float]:
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"{key}={betas!r} must be a pair (beta1, beta2), each in [0, 1)")
+    return tuple(check_range(f"{key}[{i}]", b, 0.0, 1.0) for i, b in enumerate(betas))
+
+
+def resolve_state_dtype(state_dtype, key: str = "state_dtype") -> torch.dtype | None:
+    """None (fp32, or fp64 for fp64 parameters), or one of STATE_DTYPES (name or dtype)."""
+    if state_dtype is None:
+        return None
+    if isinstance(state_dtype, torch.dtype) and state_dtype in STATE_DTYPES.values():
+        return state_dtype
+    if isinstance(state_dtype, str) and state_dtype in STATE_DTYPES:
+        return STATE_DTYPES[state_dtype]
+    raise ValueError(f"{key}={state_dtype!r} is not a state dtype; valid: None, {', '.join(STATE_DTYPES)}")
+
+
+def compute_dtype(param: torch.Tensor) -> torch.dtype:
+    """All optimizer arithmetic is fp32 (fp64 for fp64 parameters)."""
+    return torch.float64 if param.dtype == torch.float64 else torch.float32
+
+
+def state_dtype_for(param: torch.Tensor, state_dtype: torch.dtype | None) -> torch.dtype:
+    return state_dtype if state_dtype is not None else compute_dtype(param)
+
+
+def check_gwt_group(group: dict, param_names: list[str] | None = None) -> None:
+    """Validate the GWT keys of one parameter group (wavelet, level, alpha, boundary, limiter)."""
+    wavelet, level = group["wavelet"], check_level(group["level"])
+    if wavelet is not None:
+        check_wavelet(wavelet)
+    check_boundary(group["boundary"])
+    check_range("alpha", group["alpha"], 0.0, low_open=True)
+    if group["limiter"] is not None:
+        check_range("limiter", group["limiter"], 1.0)
+    if wavelet is None or level == 0:
+        return
+    for i, p in enumerate(group["params"]):
+        name = param_names[i] if param_names else f"#{i} of its group"
+        if p.dim() != 2:
+            raise ValueError(
+                f"parameter {name} of shape {tuple(p.shape)} is in a GWT group (wavelet={wavelet!r}, "
+                f"level={level}) but GWT transforms 2-D matrices only; put it in a group with level=0 "
+                "(gwt.gwt_param_groups does this)"
+            )
+        check_depth(tuple(p.shape), wavelet, level, group["boundary"], name)
+
+
+def check_grad(param: torch.Tensor, grad: torch.Tensor) -> None:
+    if grad.is_sparse:
+        raise RuntimeError(f"sparse gradients are not supported (parameter of shape {tuple(param.shape)}); "
+                           "valid: dense gradients")
+    if grad.is_complex() or param.is_complex():
+        raise RuntimeError(f"complex parameters/gradients are not supported (shape {tuple(param.shape)}); "
+                           "valid: real floating-point tensors")
+
+
+def group_is_gwt(group: dict) -> bool:
+    return group["wavelet"] is not None and group["level"] > 0
+
+
+def compile_enabled(flag: bool | None) -> bool:
+    """``None`` follows the environment variable GWT_COMPILE (default on; ``0`` turns it off)."""
+    if flag is None:
+        return os.environ.get("GWT_COMPILE", "1") != "0"
+    return bool(flag)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled(fn: Callable) -> Callable:
+    """One ``torch.compile`` wrapper per step function (inductor: C++ on CPU, Triton on CUDA)."""
+    return torch.compile(fn, fullgraph=True)
+
+
+def bias_correction(step: int, beta1: float, beta2: float) -> float:
+    """Released convention: ``sqrt(1 - beta2**t) / (1 - beta1**t)`` multiplies the whole update."""
+    return math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
+
+
+def norm_growth_limit(update: torch.Tensor, prev_norm: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Fira's norm-growth limiter (paper Sec. 4.2): returns ``lam`` with ``update / lam`` the
+    limited update, ``lam = max(||update|| / prev, gamma) / gamma``, and stores the limited norm.
+    ``prev_norm`` starts at +inf, so the first step has ``lam = 1``."""
+    norm = torch.linalg.vector_norm(update)
+    lam = torch.clamp(norm / (prev_norm + 1e-8), min=gamma) / gamma
+    prev_norm.copy_(norm / lam)
+    return lam

@@ -1,0 +1,113 @@
+"""GWT around any optimizer (the paper's Algorithm 2).
+
+For every matrix in a GWT group the wrapped optimizer sees a stand-in tensor of the
+approximation's shape (m, len(A_l)) whose gradient is ``A_l``; it keeps its states for that
+stand-in, so they are about 1/2**level the size. Each step:
+
+1. ``A, details = transform(G)``; the stand-in is zeroed and gets ``A`` as gradient.
+2. The inner optimizer steps; the stand-in's new value is its step ``delta`` (lr included).
+3. ``W += alpha * inverse([delta, -s * details])`` with ``s = lr`` (``detail_scale="none"``,
+   Algorithm 2 exactly: details pass through, scaled by the learning rate) or
+   ``s = ||delta|| / ||A||`` (``detail_scale="ratio"``: details get the gain the inner optimizer
+   gave the approximation).
+4. Decoupled weight decay ``W -= lr * weight_decay * W`` (the inner optimizer gets
+   ``weight_decay=0`` for stand-ins, which are zero anyway).
+
+Groups without GWT (level 0) are handed to the inner optimizer unchanged, with their own
+weight decay. The learning rate of each outer group is copied to its inner group before every
+step, so ordinary LR schedulers work on the wrapper.
+"""
+from __future__ import annotations
+
+import torch
+
+from gwt.optim._common import compute_dtype, group_is_gwt
+from gwt.optim.base import GWT_DEFAULTS, GWTOptimizerBase
+
+DETAIL_SCALES = ("none", "ratio")
+_GWT_KEYS = set(GWT_DEFAULTS) | {"detail_scale", "param_names"}
+
+
+class GWT(GWTOptimizerBase):
+    """Wrap ``optimizer_class`` (any ``torch.optim.Optimizer``) with GWT.
+
+    ``GWT(groups, torch.optim.SGD, lr=0.1, momentum=0.9, wavelet="haar", level=2)``; the keyword
+    arguments that are not GWT keys (wavelet, level, alpha, boundary, closed_form,
+    detail_scale; lr, weight_decay) go to ``optimizer_class``.
+    """
+
+    def __init__(self, params, optimizer_class, lr: float = 1e-3, weight_decay: float = 0.0, *,
+                 wavelet: str | None = "haar", level: int = 2, alpha: float = 1.0, boundary: str = "zero",
+                 closed_form: bool = True, detail_scale: str = "none", **inner_kwargs):
+        if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
+            raise ValueError(f"optimizer_class={optimizer_class!r} must be a torch.optim.Optimizer subclass")
+        if detail_scale not in DETAIL_SCALES:
+            raise ValueError(f"detail_scale={detail_scale!r}; valid: {', '.join(DETAIL_SCALES)}")
+        defaults = dict(GWT_DEFAULTS, lr=lr, weight_decay=weight_decay, wavelet=wavelet, level=level, alpha=alpha,
+                        boundary=boundary, limiter=None, closed_form=closed_form, detail_scale=detail_scale)
+        super().__init__(params, defaults, compile=False)
+        self.stand_ins: dict[torch.Tensor, torch.Tensor] = {}
+        inner_groups = []
+        for group in self.param_groups:
+            inner = {k: v for k, v in group.items() if k not in _GWT_KEYS and k != "params"}
+            if group_is_gwt(group):
+                for p in group["params"]:
+                    shape = self.approx_shape(p, group)
+                    self.stand_ins[p] = torch.zeros(shape, dtype=compute_dtype(p), device=p.device)
+                inner.update(params=[self.stand_ins[p] for p in group["params"]], weight_decay=0.0)
+            else:
+                inner["params"] = list(group["params"])
+            inner_groups.append(inner)
+        self.inner = optimizer_class(inner_groups, **inner_kwargs)
+
+    def _check_group(self, group: dict) -> None:
+        if group["detail_scale"] not in DETAIL_SCALES:
+            raise ValueError(f"detail_scale={group['detail_scale']!r}; valid: {', '.join(DETAIL_SCALES)}")
+
+    def extra_state_roots(self):
+        """Tensors held besides ``self.state``: the inner optimizer's state and the stand-ins."""
+        return [self.inner.state, list(self.stand_ins.values())]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        pending = []
+        for group, inner_group in zip(self.param_groups, self.inner.param_groups):
+            inner_group["lr"] = group["lr"]
+            if not group_is_gwt(group):
+                continue
+            for p, grad in self._params_with_grad(group):
+                transform = self.transform_for(p, group)
+                approx, ctx = transform.analyze(grad.to(compute_dtype(p)))
+                stand_in = self.stand_ins[p]
+                stand_in.zero_()
+                stand_in.grad = approx
+                pending.append((group, p, stand_in, transform, approx, ctx))
+        self.inner.step()
+        for group, p, stand_in, transform, approx, ctx in pending:
+            delta = stand_in
+            if group["detail_scale"] == "ratio":
+                gain = torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(approx).clamp_min(1e-30)
+            else:
+                gain = torch.tensor(group["lr"], dtype=delta.dtype, device=delta.device)
+            update = transform.synthesize(delta, ctx, -1.0 / gain.clamp_min(1e-30))
+            new_param = p.to(delta.dtype) + group["alpha"] * update
+            new_param = new_param - group["lr"] * group["weight_decay"] * new_param
+            p.copy_(new_param)
+            stand_in.grad = None
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True):
+        super().zero_grad(set_to_none)
+        self.inner.zero_grad(set_to_none)
+
+    def state_dict(self):
+        return {"gwt": super().state_dict(), "inner": self.inner.state_dict()}
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict["gwt"])
+        self.inner.load_state_dict(state_dict["inner"])
+
