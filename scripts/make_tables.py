@@ -1,0 +1,351 @@
+"""Tables 1, 2, 3, 4, A3 and A4 of the paper from this repository's runs, beside the paper's numbers.
+
+Usage:
+    python scripts/make_tables.py                           # Markdown to stdout
+    python scripts/make_tables.py --latex
+    python scripts/make_tables.py --out results/tables.md   # what results/tables.md is made with
+    python scripts/make_tables.py --results DIR --tables 1 3
+
+Every `result.json` under `--results` (default `results/`, the paper's folder excluded) is read
+(contract in DESIGN.md). Each cell reads "ours (paper)"; "—" where no run (or no paper value)
+exists; a run count is added when several runs (seeds) feed a cell (mean ± std). A cell marked
+† comes from runs that differ from the paper's setting (fewer tokens or epochs, other data or
+model): the notes under each table list every run behind every cell with its model, data,
+steps, tokens (and share of the paper's budget), learning rate, seed, machine and commit.
+Memory columns are estimates from model shapes (`scripts/estimate_memory.py`), as in the paper.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from estimate_memory import METHODS, TABLE4_MODELS, Estimator, table_a4  # noqa: E402
+from gwt.results import (  # noqa: E402
+    GLUE_PAPER_EPOCHS, GLUE_PAPER_MODEL, GLUE_TASKS, LLAMA_SIZES, PAPER_LLAMA, Run, Table,
+    human_count, load_paper, load_runs, mean_cell, ours_paper, paper_value, parse_count,
+)
+
+TABLES = ("1", "2", "3", "4", "A3", "A4")
+PAPER_ALPHA = 0.25  # alpha of every GWT row of Tables 1, 2, 4 (Table A2)
+DAGGER = "†"
+
+
+# ----------------------------------------------------------------------------- selection helpers
+def paper_tokens(paper: dict) -> dict[str, float]:
+    """Model name -> the paper's pre-training token budget (Table A1)."""
+    return {row["model"]: parse_count(row["tokens"]) for row in paper["tableA1_A2_protocol"] if row.get("tokens")}
+
+
+def is_paper_scale(run: Run, budgets: dict[str, float]) -> bool:
+    """Whether a run matches the paper's setting closely enough to be read as a full one."""
+    if run.kind == "glue":
+        return run.model == GLUE_PAPER_MODEL and (run.epochs or 0) >= GLUE_PAPER_EPOCHS
+    budget = budgets.get(run.model)
+    return bool(budget and run.tokens and run.tokens >= 0.9 * budget and run.data.startswith("c4"))
+
+
+def pretrain_runs(runs: list[Run]) -> list[Run]:
+    """Pre-training runs at the paper's GWT alpha (the Figure 3 alpha ablations are left out)."""
+    return [r for r in runs if r.kind == "pretrain"
+            and not (r.optimizer.get("name") in ("gwt", "gwt_adafactor") and r.alpha not in (None, PAPER_ALPHA))]
+
+
+class Cells:
+    """Collects which runs fed which cell, for the notes under a table."""
+
+    def __init__(self, budgets: dict[str, float]):
+        self.budgets = budgets
+        self.notes: list[str] = []
+        self.reduced = False
+
+    def cell(self, label: str, runs: list[Run], values: list[float | None], paper: float | None,
+             digits: int = 2, suffix: str = "") -> str:
+        ours, count = mean_cell(values, digits)
+        if count:
+            if count > 1:
+                ours += f" (n={count})"
+            if not all(is_paper_scale(r, self.budgets) for r in runs):
+                ours += DAGGER
+                self.reduced = True
+            for run in runs:
+                self.notes.append(f"{label}: {run.describe(self.budgets.get(run.model))}")
+            ours += suffix if suffix and ours != "—" else ""
+        return ours_paper(ours, paper, digits, suffix)
+
+    def finish(self, extra: list[str]) -> list[str]:
+        legend = [f"{DAGGER} = run(s) below the paper's scale or setting (tokens, epochs, data or model): "
+                  "not comparable with the paper's number."] if self.reduced else []
+        runs = ["Runs behind the cells:"] + self.notes if self.notes else ["No runs yet: every 'ours' is —."]
+        return extra + legend + runs
+
+
+def _sizes(runs: list[Run], base: tuple[str, ...]) -> list[str]:
+    """The paper's sizes, then any other size that has runs (tiny, 20M, ...)."""
+    extra = sorted({r.model for r in runs if r.model not in base}, key=lambda m: (m not in LLAMA_SIZES, m))
+    return list(base) + extra
+
+
+# ----------------------------------------------------------------------------- Table 1
+def table1(runs: list[Run], paper: dict, est: Estimator) -> Table:
+    rows_csv = paper["table1_c4_pretrain"]
+    runs = pretrain_runs(runs)
+    models = _sizes(runs, PAPER_LLAMA)
+    cells = Cells(paper_tokens(paper))
+    methods = [row["method"] for row in rows_csv]
+    methods += sorted({r.method for r in runs} - set(methods))
+    header = ["Method"]
+    for model in models:
+        size = LLAMA_SIZES.get(model, model)
+        header += [f"{size} ppl"] + ([f"{size} mem"] if model in PAPER_LLAMA else [])
+    rows = []
+    for method in methods:
+        row = [method]
+        for model in models:
+            size = LLAMA_SIZES.get(model, model).lower()
+            fed = [r for r in runs if r.method == method and r.model == model]
+            row.append(cells.cell(f"{method} / {LLAMA_SIZES.get(model, model)}", fed,
+                                  [r.metric("eval_ppl", "ppl") for r in fed],
+                                  paper_value(rows_csv, "method", method, f"ppl_{size}")))
+            if model in PAPER_LLAMA:
+                ours = f"{sum(est.gb(model, method)):.2f}G" if method in METHODS else "—"
+                row.append(ours_paper(ours, paper_value(rows_csv, "method", method, f"mem_gb_{size}"), suffix="G"))
+        rows.append(row)
+    notes = cells.finish([
+        "Final C4 validation perplexity, ours (paper). Memory = estimated bf16 weights + optimizer states "
+        "(`scripts/estimate_memory.py`), not measured.",
+        "Paper training tokens: 1.1B / 2.2B / 6.4B / 13.1B (60M / 130M / 350M / 1B).",
+    ])
+    return Table("Table 1: C4 pre-training, validation perplexity and memory", header, rows, notes)
+
+
+# ----------------------------------------------------------------------------- Table 2
+TABLE2_STEPS = (20000, 40000, 60000, 80000)
+TABLE2_METHODS = {"Haar-2": ("Haar-2",), "GaLore": ("GaLore-1/4", "GaLore"), "Full-Rank": ("Full-Rank",)}
+
+
+def ppl_at(run: Run, step: int) -> float | None:
+    """eval_ppl logged at exactly `step` in the run's metrics.jsonl."""
+    for line in run.curve():
+        if line.get("step") == step and "eval_ppl" in line:
+            return float(line["eval_ppl"])
+    return None
+
+
+def tokens_per_s_per_process(run: Run) -> float | None:
+    value = run.metric("train_tokens_per_s", "tokens_per_s")
+    if value is None:
+        return None
+    world = run.metrics.get("world_size") or run.extra.get("world_size") or run.config.get("world_size") or 1
+    return value / world
+
+
+def table2(runs: list[Run], paper: dict) -> Table:
+    rows_csv = paper["table2_llama1b_progress"]
+    runs = [r for r in pretrain_runs(runs) if r.model == "llama_1b"]
+    cells = Cells(paper_tokens(paper))
+    header = ["Method"] + [f"{s // 1000}K" for s in TABLE2_STEPS] + ["Tokens/s per GPU"]
+    rows = []
+    for method, labels in TABLE2_METHODS.items():
+        fed = [r for r in runs if r.method in labels]
+        row = [method]
+        for step in TABLE2_STEPS:
+            at_step = [r for r in fed if ppl_at(r, step) is not None]
+            row.append(cells.cell(f"{method} / {step // 1000}K", at_step, [ppl_at(r, step) for r in at_step],
+                                  paper_value(rows_csv, "method", method, f"ppl_{step // 1000}k")))
+        row.append(cells.cell(f"{method} / tokens/s", fed, [tokens_per_s_per_process(r) for r in fed],
+                              paper_value(rows_csv, "method", method, "tokens_per_s_per_gpu"), digits=0))
+        rows.append(row)
+    notes = cells.finish(["LLaMA 1B on C4: validation perplexity at the given step (from metrics.jsonl) and "
+                          "training tokens/s per process (paper: per RTX 3090 GPU).",
+                          "Paper tokens at 20K/40K/60K/80K steps: 2.6B/5.2B/7.8B/10.4B."])
+    return Table("Table 2: LLaMA 1B pre-training progress", header, rows, notes)
+
+
+# ----------------------------------------------------------------------------- Table 3 / A3
+GLUE_ORDER = ("cola", "stsb", "mrpc", "rte", "sst2", "mnli", "qnli", "qqp")
+TABLE3_METHODS = {"Full-Rank": ("Full-Rank",), "Haar-2": ("Haar-2",), "GaLore": ("GaLore-1/4", "GaLore"),
+                  "LoRA": ()}
+
+
+def _best_lr_group(runs: list[Run]) -> list[Run]:
+    """Runs at the learning rate with the best mean score (the paper picks the lr per task)."""
+    by_lr: dict = defaultdict(list)
+    for run in runs:
+        if run.glue_score() is not None:
+            by_lr[run.lr].append(run)
+    if not by_lr:
+        return []
+    return max(by_lr.values(), key=lambda group: sum(r.glue_score() for r in group) / len(group))
+
+
+def table3(runs: list[Run], paper: dict) -> Table:
+    rows_csv = paper["table3_glue_roberta_base"]
+    glue = [r for r in runs if r.kind == "glue"]
+    cells = Cells(paper_tokens(paper))
+    header = ["Method"] + [GLUE_TASKS[t][0] for t in GLUE_ORDER] + ["Avg"]
+    rows, partial = [], []
+    for method, labels in TABLE3_METHODS.items():
+        row, scores = [method], []
+        for task in GLUE_ORDER:
+            column = GLUE_TASKS[task][0]
+            fed = _best_lr_group([r for r in glue if r.task == task and r.method in labels])
+            values = [r.glue_score() for r in fed]
+            row.append(cells.cell(f"{method} / {column}", fed, values, paper_value(rows_csv, "method", method, column)))
+            if values:
+                scores.append(sum(values) / len(values))
+        avg = f"{sum(scores) / len(scores):.2f}" if len(scores) == len(GLUE_ORDER) else "—"
+        if 0 < len(scores) < len(GLUE_ORDER):
+            partial.append(f"{method}: mean over the {len(scores)} tasks run = {sum(scores) / len(scores):.2f}")
+        row.append(ours_paper(avg, paper_value(rows_csv, "method", method, "avg")))
+        rows.append(row)
+    metrics = ", ".join(f"{GLUE_TASKS[t][0]} {GLUE_TASKS[t][2]}" for t in GLUE_ORDER)
+    notes = [f"GLUE dev scores x100 ({metrics}); paper: RoBERTa-base, {GLUE_PAPER_EPOCHS} epochs. Where runs at "
+             "several learning rates exist, the cell shows the lr with the best mean (as the paper tunes lr per task)."]
+    notes += [f"Avg needs all 8 tasks; {p}." for p in partial]
+    return Table("Table 3: GLUE fine-tuning", header, rows, cells.finish(notes))
+
+
+def tableA3(runs: list[Run], paper: dict) -> Table:
+    rows_csv = paper["tableA3_glue_lr"]
+    gwt = [r for r in runs if r.kind == "glue" and r.method == "Haar-2"]
+    cells = Cells(paper_tokens(paper))
+    columns = [GLUE_TASKS[t][0] for t in GLUE_ORDER]
+    paper_lrs = [row["lr"] for row in rows_csv if _is_number(row["lr"])]
+    lrs = sorted({float(x) for x in paper_lrs} | {r.lr for r in gwt if r.lr is not None})
+    header = ["lr"] + columns
+    rows = []
+    for lr in lrs:
+        key = next((x for x in paper_lrs if float(x) == lr), None)
+        row = [f"{lr:.0e}"]
+        for task, column in zip(GLUE_ORDER, columns):
+            fed = [r for r in gwt if r.task == task and r.lr is not None and abs(r.lr - lr) <= 1e-12 + 1e-6 * lr]
+            p = paper_value(rows_csv, "lr", key, column) if key else None
+            row.append(cells.cell(f"lr {lr:.0e} / {column}", fed, [r.glue_score() for r in fed], p))
+        rows.append(row)
+    for label in ("chosen_lr", "batch_size"):
+        paper_row = next(row for row in rows_csv if row["lr"] == label)
+        row = [label.replace("_", " ")]
+        for task, column in zip(GLUE_ORDER, columns):
+            ours = "—"
+            fed = [r for r in gwt if r.task == task]
+            if label == "chosen_lr" and fed:
+                ours = f"{_best_lr_group(fed)[0].lr:.0e}" if _best_lr_group(fed) else "—"
+            elif label == "batch_size" and fed:
+                sizes = sorted({str(r.config.get("trainer", {}).get("batch_size", r.config.get("trainer", {})
+                                                                     .get("total_batch_size", "?"))) for r in fed})
+                ours = "/".join(sizes)
+            row.append(f"{ours} ({paper_row[column] or '—'})")
+        rows.append(row)
+    notes = ["GLUE dev scores x100 of Haar-2 (GWT-AdamW, Haar level 2) per learning rate. The paper's 97.35 "
+             "(MNLI, 7e-06) is printed as in the paper."]
+    return Table("Table A3: GLUE learning-rate grid for Haar-2", header, rows, cells.finish(notes))
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- Table 4 / A4
+def table4(runs: list[Run], paper: dict, est: Estimator) -> Table:
+    rows_csv = paper["table4_levels"]
+    runs = [r for r in pretrain_runs(runs) if r.optimizer.get("name") == "gwt" and r.method.startswith("Haar-")]
+    models = _sizes(runs, TABLE4_MODELS)
+    cells = Cells(paper_tokens(paper))
+    header = ["Method"]
+    for model in models:
+        size = LLAMA_SIZES.get(model, model)
+        header += ([f"{size} states"] if model in TABLE4_MODELS else []) + [f"{size} tokens/s"]
+    methods = [row["method"] for row in rows_csv]
+    methods += sorted({r.method for r in runs} - set(methods))
+    rows = []
+    for method in methods:
+        row = [method]
+        for model in models:
+            size = LLAMA_SIZES.get(model, model)
+            if model in TABLE4_MODELS:
+                ours = f"{est.gb(model, method)[1]:.2f}G" if method in METHODS else "—"
+                row.append(ours_paper(ours, paper_value(rows_csv, "method", method, f"mem_gb_{size.lower()}"),
+                                      suffix="G"))
+            fed = [r for r in runs if r.method == method and r.model == model]
+            row.append(cells.cell(f"{method} / {size} tokens/s", fed, [tokens_per_s_per_process(r) for r in fed],
+                                  paper_value(rows_csv, "method", method, f"tokens_per_s_{size.lower()}"), digits=0))
+        rows.append(row)
+    notes = ["States: estimated bf16 optimizer-state memory (`scripts/estimate_memory.py`). Tokens/s: measured "
+             "training throughput per process of the runs (paper: per RTX 3090 GPU); compare only runs on "
+             "the same machine."]
+    return Table("Table 4: GWT levels, optimizer memory and throughput", header, rows, cells.finish(notes))
+
+
+def tableA4(runs: list[Run], paper: dict, est: Estimator) -> Table:
+    table = table_a4(paper, est)
+    measured = [r for r in runs if r.kind == "pretrain" and r.metric("optimizer_state_bytes") is not None]
+    if measured:
+        table.notes.append("Measured optimizer-state bytes of runs (result.json `optimizer_state_bytes`, states in "
+                           "the run's own dtype, usually fp32):")
+        for run in measured:
+            table.notes.append(f"{run.method} / {run.size}: {human_count(run.metric('optimizer_state_bytes'))}B "
+                               f"measured, `{run.path.as_posix()}`")
+    return table
+
+
+# ----------------------------------------------------------------------------- main
+def build(tables: list[str], runs: list[Run], paper: dict, est: Estimator) -> list[Table]:
+    builders = {"1": lambda: table1(runs, paper, est), "2": lambda: table2(runs, paper),
+                "3": lambda: table3(runs, paper), "4": lambda: table4(runs, paper, est),
+                "A3": lambda: tableA3(runs, paper), "A4": lambda: tableA4(runs, paper, est)}
+    return [builders[t]() for t in tables]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Render the paper's tables from results/**/result.json.")
+    parser.add_argument("--results", default=str(REPO / "results"), help="folder searched for result.json")
+    parser.add_argument("--paper-dir", default=None, help="paper CSVs (default: <results>/paper, else results/paper)")
+    parser.add_argument("--tables", nargs="+", default=list(TABLES), metavar="T",
+                        help=f"which tables; choices: {' '.join(TABLES)}")
+    parser.add_argument("--latex", action="store_true", help="LaTeX tabulars instead of Markdown")
+    parser.add_argument("--out", default=None, help="write to this file instead of stdout")
+    args = parser.parse_args(argv)
+    bad = [t for t in args.tables if t not in TABLES]
+    if bad:
+        parser.error(f"--tables {' '.join(bad)}: unknown; valid: {' '.join(TABLES)}")
+    results = Path(args.results)
+    if not results.is_dir():
+        parser.error(f"--results {results}: no such folder")
+    paper_dir = Path(args.paper_dir) if args.paper_dir else (
+        results / "paper" if (results / "paper").is_dir() else REPO / "results" / "paper")
+    paper = load_paper(paper_dir)
+    runs = load_runs(results)
+    est = Estimator()
+    body = [t.latex() if args.latex else t.markdown() for t in build(args.tables, runs, paper, est)]
+    header = "" if args.latex else (
+        "# Reproduced tables\n\nGenerated by `python scripts/make_tables.py "
+        + " ".join(argv if argv is not None else sys.argv[1:])
+        + f"` from {len(runs)} run(s) under `{_rel(results)}`. Each cell: ours (paper).\n\n")
+    text = header + "\n".join(body)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out} ({len(runs)} runs)")
+    else:
+        print(text)
+    return 0
+
+
+def _rel(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(REPO).as_posix() + "/"
+    except ValueError:
+        return str(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
