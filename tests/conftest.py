@@ -1,0 +1,31 @@
+"""Test-wide settings: CPU, no torch.compile unless a test asks for it (compiling a step takes
+10-30 s on 2 cores), offline hub, local data folders."""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("GWT_COMPILE", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("GWT_DATA_DIR", str((ROOT / ".." / "shared" / "data").resolve()))
+os.environ.setdefault("GWT_TOKENIZER_DIR", str((ROOT / ".." / "shared" / "tokenizers").resolve()))
+
+
+@pytest.fixture
+def tiny_llama():
+    """A 2-layer LLaMA with odd intermediate size (rows not divisible by 4 in down_proj)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=44, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32)
+    return LlamaForCausalLM(config)
+
+
+def lm_loss(model, seed: int = 0, batch: int = 2, length: int = 12):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=gen)
+    return model(input_ids=ids, labels=ids).loss
