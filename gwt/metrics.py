@@ -3,7 +3,8 @@
 All values are in percent (x100), as the paper's Tables 3 and A3 print them. Each task also
 gets a `score`: the single number the paper reports for it (Section 5.2: Matthews correlation
 for CoLA, Pearson for STS-B, F1 for MRPC, accuracy for the others; for MNLI the matched
-accuracy, with mismatched alongside).
+accuracy, with mismatched alongside). Key names follow the hub's `evaluate` GLUE metric
+(`matthews_correlation`, `pearson`, `spearmanr`, `f1`, `accuracy`).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 # The paper's metric per task: the key that `score` copies.
 SCORE_KEYS = {
-    "cola": "matthews_corr",
+    "cola": "matthews_correlation",
     "stsb": "pearson",
     "mrpc": "f1",
     "qqp": "accuracy",
@@ -64,9 +65,9 @@ def glue_metrics(task: str, preds, labels) -> dict[str, float]:
     """Metrics of one evaluation split. `preds`: class ids, or scores for STS-B."""
     preds, labels = _check(preds, labels, f"glue_metrics({task!r})")
     if task == "cola":
-        out = {"matthews_corr": matthews_corr(preds, labels), "accuracy": accuracy(preds, labels)}
+        out = {"matthews_correlation": matthews_corr(preds, labels), "accuracy": accuracy(preds, labels)}
     elif task == "stsb":
-        out = {"pearson": pearson(preds, labels), "spearman": spearman(preds, labels)}
+        out = {"pearson": pearson(preds, labels), "spearmanr": spearman(preds, labels)}
     elif task in ("mrpc", "qqp"):
         out = {"f1": f1(preds, labels), "accuracy": accuracy(preds, labels)}
     elif task in SCORE_KEYS:
