@@ -86,3 +86,62 @@ def build_glue_model(name: str, num_labels: int, **options):
         raise ValueError(f"model {name!r} has no option(s) {unknown} (model.*); "
                          f"valid: {[p for p in params if p != 'num_labels']}")
     return builders[name](num_labels, **options)
+
+
+# ---------------------------------------------------------------------------------------------
+# LLaMA decoders for C4 pre-training (train_llama.py). The sizes live in configs/model/llama_*.yaml
+# (the released GaLore/GWT architectures); these functions turn such a YAML's keys into a model.
+# ---------------------------------------------------------------------------------------------
+LLAMA_ARCH_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers",
+                   "max_position_embeddings", "rms_norm_eps", "initializer_range", "tie_word_embeddings")
+
+
+def llama_config(hidden_size: int, intermediate_size: int, num_attention_heads: int, num_hidden_layers: int,
+                 vocab_size: int = 32000, max_position_embeddings: int = 1024, rms_norm_eps: float = 1e-6,
+                 initializer_range: float = 0.02, tie_word_embeddings: bool = False,
+                 attn_implementation: str = "sdpa"):
+    """A ``LlamaConfig`` as in the released configs: SiLU/SwiGLU MLP, RMSNorm eps 1e-6, untied
+    embeddings, no dropout, init std 0.02, BOS 0 / EOS 1 / no pad (the T5 ids)."""
+    from transformers import LlamaConfig
+
+    if hidden_size % num_attention_heads:
+        raise ValueError(f"model.hidden_size={hidden_size} is not divisible by model.num_attention_heads="
+                         f"{num_attention_heads}")
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_attention_heads=num_attention_heads, num_key_value_heads=num_attention_heads,
+        num_hidden_layers=num_hidden_layers, max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=rms_norm_eps, initializer_range=initializer_range, hidden_act="silu",
+        tie_word_embeddings=tie_word_embeddings, attention_dropout=0.0, use_cache=False,
+        bos_token_id=0, eos_token_id=1, pad_token_id=None)
+    config._attn_implementation = attn_implementation
+    return config
+
+
+def build_llama(hidden_size: int, intermediate_size: int, num_attention_heads: int, num_hidden_layers: int,
+                vocab_size: int = 32000, max_position_embeddings: int = 1024, rms_norm_eps: float = 1e-6,
+                initializer_range: float = 0.02, tie_word_embeddings: bool = False,
+                attn_implementation: str = "sdpa", seed: int | None = None):
+    """A randomly initialised ``LlamaForCausalLM`` (weights ~ N(0, initializer_range), norms 1).
+
+    ``seed`` (when given) seeds torch first, so the initial weights depend only on it.
+    """
+    import torch
+    from transformers import LlamaForCausalLM
+
+    config = llama_config(hidden_size, intermediate_size, num_attention_heads, num_hidden_layers, vocab_size,
+                          max_position_embeddings, rms_norm_eps, initializer_range, tie_word_embeddings,
+                          attn_implementation)
+    if seed is not None:
+        torch.manual_seed(int(seed))
+    return LlamaForCausalLM(config)
+
+
+def count_parameters(model) -> dict:
+    """Total, embedding (input + output) and non-embedding parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    embed = sum(m.weight.numel() for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                if m is not None)
+    if getattr(model.config, "tie_word_embeddings", False):
+        embed //= 2
+    return {"total": total, "embedding": embed, "non_embedding": total - embed}
