@@ -33,8 +33,8 @@ def roberta_base(num_labels: int, pretrained: str = "FacebookAI/roberta-base",
 
     src = _hub_or_folder(pretrained, "model.pretrained")
     tok = AutoTokenizer.from_pretrained(_hub_or_folder(tokenizer or pretrained, "model.tokenizer"))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        src, num_labels=num_labels, problem_type=_problem_type(num_labels))
+    model = AutoModelForSequenceClassification.from_pretrained(  # a stored head of another size is replaced
+        src, num_labels=num_labels, problem_type=_problem_type(num_labels), ignore_mismatched_sizes=True)
     return model, tok
 
 
@@ -70,8 +70,8 @@ def minilm_l6(num_labels: int, pretrained: str | None = None, tokenizer: str | N
 
     src = _hub_or_folder(pretrained, "model.pretrained") if pretrained else minilm_l6_dir()
     tok = AutoTokenizer.from_pretrained(_hub_or_folder(tokenizer, "model.tokenizer") if tokenizer else src)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        src, num_labels=num_labels, problem_type=_problem_type(num_labels))
+    model = AutoModelForSequenceClassification.from_pretrained(  # a stored head of another size is replaced
+        src, num_labels=num_labels, problem_type=_problem_type(num_labels), ignore_mismatched_sizes=True)
     return model, tok
 
 
