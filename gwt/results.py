@@ -260,7 +260,9 @@ class Run:
                 parts.append(f"{self.steps} steps")
             share = ""
             if paper_tokens and self.tokens:
-                share = f" = {100 * self.tokens / paper_tokens:.2g}% of the paper's {human_count(paper_tokens)}"
+                pct = 100 * self.tokens / paper_tokens
+                share = f" = {pct:.0f}%" if pct >= 10 else f" = {pct:.2g}%"
+                share += f" of the paper's {human_count(paper_tokens)}"
             parts.append(f"{human_count(self.tokens)} tokens{share}")
         if self.lr is not None:
             parts.append(f"lr {self.lr:g}")
