@@ -198,3 +198,18 @@ def tokenize_glue(ds: datasets.Dataset, tokenizer, max_length: int) -> datasets.
         return enc
 
     return ds.map(encode, batched=True, remove_columns=ds.column_names, desc="tokenize")
+
+
+def collate_glue(rows: list[dict], pad_token_id: int) -> dict:
+    """Pad tokenized rows to the longest one: `input_ids` with `pad_token_id`, masks and token
+    types with 0; `labels` as int64 (classes) or float32 (STS-B scores)."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    batch = {}
+    for key, fill in (("input_ids", pad_token_id), ("attention_mask", 0), ("token_type_ids", 0)):
+        if key in rows[0]:
+            batch[key] = torch.tensor([r[key] + [fill] * (width - len(r[key])) for r in rows], dtype=torch.long)
+    labels = [r["labels"] for r in rows]
+    batch["labels"] = torch.tensor(labels, dtype=torch.float32 if isinstance(labels[0], float) else torch.long)
+    return batch
