@@ -12,8 +12,10 @@ Nothing here imports Hydra, W&B or Accelerate: callers pass plain values and cal
 - ``results``: ``write_result`` (result.json with config, git commit, metrics), ``git_commit``, ``read_result``.
 - ``memory_usage``: ``peak_memory_bytes``, ``reset_peak_memory``.
 - ``batching``: ``gradient_accumulation_steps``.
+- ``lm_loss``: ``causal_lm_loss_sum`` (sum, count) for exact per-token means, ``count_targets``.
 """
 from gwt.train.batching import gradient_accumulation_steps
+from gwt.train.lm_loss import causal_lm_loss_sum, count_targets
 from gwt.train.checkpoint import CheckpointManager, latest_checkpoint, list_checkpoints
 from gwt.train.memory_usage import peak_memory_bytes, peak_rss_bytes, reset_peak_memory
 from gwt.train.metrics import MetricsLogger, progress_bar, read_metrics, truncate_metrics
@@ -25,7 +27,7 @@ from gwt.train.signals import StopSignal
 
 __all__ = [
     "CheckpointManager", "MetricsLogger", "OutputDirError", "SCHEDULE_NAMES", "StopSignal",
-    "build_scheduler", "check_output_dir", "git_commit", "gradient_accumulation_steps", "inspect_output_dir",
+    "build_scheduler", "causal_lm_loss_sum", "check_output_dir", "count_targets", "git_commit", "gradient_accumulation_steps", "inspect_output_dir",
     "latest_checkpoint", "list_checkpoints", "lr_multiplier", "peak_memory_bytes", "peak_rss_bytes",
     "progress_bar", "read_metrics", "read_result", "reset_peak_memory", "rng_state", "seed_everything",
     "set_rng_state", "truncate_metrics", "warmup_steps_from", "write_json_atomic", "write_result",
