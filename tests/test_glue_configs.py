@@ -1,0 +1,72 @@
+"""GLUE configs: every task file against Table A3 (results/paper), every GLUE experiment composes."""
+import csv
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER_COLUMNS = {"cola": "CoLA", "stsb": "STS-B", "mrpc": "MRPC", "rte": "RTE", "sst2": "SST-2", "mnli": "MNLI",
+                 "qnli": "QNLI", "qqp": "QQP"}
+
+
+def compose_glue(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="finetune_glue", overrides=list(overrides))
+
+
+def table_a3():
+    with open(ROOT / "results/paper/tableA3_glue_lr.csv") as f:
+        rows = list(csv.DictReader(f))
+    return {r["lr"]: r for r in rows}
+
+
+@pytest.mark.parametrize("task", sorted(PAPER_COLUMNS))
+def test_task_protocol_matches_table_a3(task):
+    cfg = compose_glue(f"task={task}")
+    rows = table_a3()
+    assert cfg.optimizer.lr == float(rows["chosen_lr"][PAPER_COLUMNS[task]])
+    assert cfg.trainer.total_batch_size == int(rows["batch_size"][PAPER_COLUMNS[task]])
+    assert (cfg.model.name, cfg.seed, cfg.trainer.epochs, cfg.trainer.max_length) == ("roberta_base", 1234, 30, 512)
+    assert (cfg.trainer.scheduler, cfg.trainer.warmup_steps) == ("linear", 0)
+    opt = cfg.optimizer
+    assert (opt.name, opt.target_modules, opt.wavelet, opt.level, opt.alpha) == ("gwt", "encoder_linear", "haar", 2, 2.0)
+
+
+def test_galore_and_adamw_get_the_glue_settings_and_the_task_lr():
+    galore = compose_glue("task=rte", "optimizer=galore").optimizer
+    assert (galore.target_modules, galore.rank, galore.scale, galore.lr) == ("encoder_linear", 0.25, 2.0, 3e-6)
+    adamw = compose_glue("task=rte", "optimizer=adamw").optimizer
+    assert adamw.name == "adamw" and adamw.lr == 3e-6 and "target_modules" not in adamw
+    assert compose_glue("task=rte", "optimizer=gwt", "optimizer.alpha=1.5").optimizer.alpha == 1.5  # CLI wins
+
+
+EXPERIMENTS = sorted(p.relative_to(ROOT / "configs/experiment").with_suffix("").as_posix()
+                     for p in (ROOT / "configs/experiment").glob("table3/*.yaml"))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_table3_experiments_compose(name):
+    task, method = Path(name).name.split("_", 1)
+    cfg = compose_glue(f"experiment={name}")
+    assert cfg.task.name == task and cfg.model.name == "roberta_base" and cfg.run_name == f"table3-{task}-{method}"
+    assert cfg.optimizer.name == {"full_rank": "adamw", "haar2": "gwt", "galore": "galore"}[method]
+    if method != "full_rank":
+        assert cfg.optimizer.target_modules == "encoder_linear"
+
+
+def test_table3_has_every_cell():
+    assert len(EXPERIMENTS) == 8 * 3
+
+
+def test_table_a3_sweep_presets_cover_the_grid():
+    rows = table_a3()
+    for preset, tasks in (("tableA3", ("cola", "stsb", "mrpc", "rte")), ("tableA3_large", ("sst2", "mnli", "qnli", "qqp"))):
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose(config_name="finetune_glue", overrides=[f"experiment={preset}"], return_hydra_config=True)
+        params = cfg.hydra.sweeper.params
+        assert params.task.split(",") == list(tasks)
+        grid = [float(x) for x in params["optimizer.lr"].split(",")]
+        paper = [float(lr) for lr, r in rows.items()
+                 if lr[0].isdigit() and r[PAPER_COLUMNS[tasks[0]]].strip()]
+        assert grid == paper
