@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Reduced-scale GLUE comparison on CPU: all-MiniLM-L6-v2 on STS-B, SST-2, CoLA, MRPC and RTE,
+# AdamW vs GWT Haar-2 vs GaLore-1/4 with the same budget (configs/experiment/glue_minilm_cpu.yaml).
+# One run after another; a finished run (result.json present) is skipped, an interrupted one resumed.
+# Then the summary table: python scripts/glue_summary.py results/glue/minilm_cpu
+#   usage: scripts/run_glue_minilm_cpu.sh [extra Hydra overrides...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-results/glue/minilm_cpu}
+# optimizer steps per task (batch 16, CoLA 32): a few hundred to two thousand training examples
+declare -A STEPS=([stsb]=60 [sst2]=100 [cola]=60 [mrpc]=40 [rte]=30)
+for task in stsb sst2 cola mrpc rte; do
+  for opt in adamw gwt galore; do
+    dir="$OUT/$task-$opt"
+    [ -f "$dir/result.json" ] && { echo "done: $dir"; continue; }
+    resume=false; [ -d "$dir" ] && resume=true
+    echo "=== $task $opt -> $dir ($(date -u +%H:%M:%S))"
+    "$PY" finetune_glue.py experiment=glue_minilm_cpu task="$task" optimizer="$opt" \
+      trainer.max_steps="${STEPS[$task]}" output_dir="$dir" resume=$resume "$@"
+  done
+done
+"$PY" scripts/glue_summary.py "$OUT"
