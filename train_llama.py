@@ -70,8 +70,9 @@ def init_wandb(cfg: DictConfig, output_dir: Path, run_id: str | None):
                       config=OmegaConf.to_container(cfg, resolve=True), id=run_id, resume="allow")
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train_llama")
-def main(cfg: DictConfig) -> None:
+def train(cfg: DictConfig) -> dict | None:
+    """Run one pre-training job described by a composed config; returns the final metrics (None if
+    the run had already finished). Bad input exits with status 2 before anything is written."""
     # ---------------------------------------------------------------- checks (nothing written yet)
     check_config(cfg)
     acc = Accelerator(mixed_precision=PRECISIONS[cfg.precision], cpu=cfg.cpu)
@@ -246,6 +247,12 @@ def main(cfg: DictConfig) -> None:
         wandb_run.summary.update(metrics)
         wandb_run.finish()
     acc.end_training()
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train_llama")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,26 @@
+"""Shared helpers of the train_llama tests: compose the real config with tiny CPU overrides."""
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+# llama_tiny on the local C4 sample, fp32 on CPU, a few 32-token steps. The vocabulary is cut to
+# 4096 ids (rarer T5 ids become UNK) because the 32000-wide output layer dominates CPU time.
+TINY = ["model=llama_tiny", "model.vocab_size=4096", "optimizer=adamw", "data=c4_local", "logger=none", "precision=fp32", "cpu=true",
+        "tokenizer=t5-base", "trainer.max_steps=4", "trainer.total_batch_size=4", "trainer.micro_batch_size=2",
+        "trainer.seq_len=32", "trainer.eval_every=2", "trainer.eval_tokens=400", "trainer.checkpoint_every=2"]
+
+
+def compose_cfg(overrides=(), base=TINY):
+    """The primary config composed with ``base`` then ``overrides`` (later wins)."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train_llama", overrides=list(base) + list(overrides))
+
+
+def reset_accelerate():
+    """Accelerate keeps process-wide state; tests that build several runs in one process reset it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

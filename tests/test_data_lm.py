@@ -1,0 +1,107 @@
+"""gwt.data.lm: tokenisation, padding labels, packing, rank split, exact resume, eval token budget."""
+import gzip
+import json
+import os
+
+import pytest
+import torch
+
+from gwt.data.lm import (IGNORE_INDEX, TextSource, TokenStream, check_source, epoch_documents, eval_batches,
+                         load_tokenizer)
+
+DATA = os.environ["GWT_DATA_DIR"]
+C4 = TextSource(source="local", dir=os.path.join(DATA, "c4", "en"))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("t5-base")
+
+
+def _docs(texts):
+    return lambda epoch: [{"text": t} for t in texts]
+
+
+def test_t5_tokenizer_ids(tok):
+    ids = tok("translate English to German: The house is wonderful.")["input_ids"]
+    assert ids == [13959, 1566, 12, 2968, 10, 37, 629, 19, 1627, 5, 1] and tok.pad_token_id == 0
+
+
+def test_truncate_and_pad_labels(tok):
+    stream = TokenStream(_docs(["a short one", "word " * 100]), tok, seq_len=16)
+    batch = stream.next_batch(2)
+    ids, labels = batch["input_ids"], batch["labels"]
+    assert ids.shape == (2, 16)
+    n_short = len(tok("a short one")["input_ids"])
+    assert ids[0, n_short - 1] == tok.eos_token_id and (ids[0, n_short:] == 0).all()
+    assert (labels[0, n_short:] == IGNORE_INDEX).all() and torch.equal(labels[0, :n_short], ids[0, :n_short])
+    assert (labels[1] != IGNORE_INDEX).all() and ids[1, -1] == tok.eos_token_id  # truncated, EOS kept
+
+
+def test_pack_concatenates_documents(tok):
+    texts = ["first document here", "second one", "third document is a bit longer than the others"]
+    stream = TokenStream(_docs(texts), tok, seq_len=8, pack=True)
+    flat = [t for text in texts for t in tok(text)["input_ids"]]
+    got = torch.cat([stream.next_batch(1)["input_ids"].flatten() for _ in range(len(flat) // 8)]).tolist()
+    assert got == flat[:len(got)]
+    assert (stream.next_batch(1)["labels"] != IGNORE_INDEX).all()  # no padding in packed data; wraps to epoch 1
+
+
+def test_sentinel_ids_become_unk(tok):
+    stream = TokenStream(_docs(["<extra_id_0> hello"]), tok, seq_len=8, vocab_size=32000)
+    ids = stream.next_batch(1)["input_ids"]
+    assert ids.max() < 32000 and tok.unk_token_id in ids.tolist()[0]
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_resume_position_is_exact(tok, pack):
+    docs = epoch_documents(C4, "train", shuffle_seed=42, shuffle_buffer=1000)
+    ref = TokenStream(docs, tok, seq_len=64, pack=pack)
+    batches = [ref.next_batch(3) for _ in range(5)]
+    first = TokenStream(docs, tok, seq_len=64, pack=pack)
+    for _ in range(2):
+        first.next_batch(3)
+    state = json.loads(json.dumps(first.state_dict()))  # survives serialisation
+    resumed = TokenStream(docs, tok, seq_len=64, pack=pack, state=state)
+    for expected in batches[2:]:
+        assert torch.equal(resumed.next_batch(3)["input_ids"], expected["input_ids"])
+
+
+def test_rank_split_partitions_the_global_order(tok):
+    whole = TokenStream(epoch_documents(C4, "train", 42, 1000), tok, seq_len=16).next_batch(6)["input_ids"]
+    ranks = [TokenStream(epoch_documents(C4, "train", 42, 1000, rank=r, world_size=2), tok, seq_len=16)
+             .next_batch(3)["input_ids"] for r in range(2)]
+    assert torch.equal(ranks[0], whole[0::2]) and torch.equal(ranks[1], whole[1::2])
+
+
+def test_shuffle_seed_changes_order(tok):
+    a = TokenStream(epoch_documents(C4, "train", 42, 1000), tok, seq_len=16).next_batch(4)["input_ids"]
+    b = TokenStream(epoch_documents(C4, "train", 7, 1000), tok, seq_len=16).next_batch(4)["input_ids"]
+    assert not torch.equal(a, b)
+
+
+def test_eval_batches_exact_token_budget(tok):
+    texts = ["one two three four five six seven", "alpha beta gamma", "x y z w v u t s r q p o n m"]
+    batches = eval_batches([{"text": t} for t in texts], tok, seq_len=12, batch_size=2, max_tokens=15)
+    labels = torch.cat([b["labels"] for b in batches])
+    assert int((labels[:, 1:] != IGNORE_INDEX).sum()) == 15 and (labels[:, 0] == IGNORE_INDEX).all()
+    everything = eval_batches([{"text": t} for t in texts], tok, seq_len=12, batch_size=2, max_tokens=10**6)
+    assert sum(b["input_ids"].shape[0] for b in everything) == 3  # smaller corpus: all of it
+
+
+def test_local_source_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.dir="):
+        check_source(TextSource(source="local", dir=str(tmp_path / "missing")))
+    with pytest.raises(FileNotFoundError, match="no non-empty train shard"):
+        check_source(TextSource(source="local", dir=str(tmp_path)))
+    with gzip.open(tmp_path / "c4-train.00000-of-00001.json.gz", "wt") as f:
+        f.write(json.dumps({"text": "hi"}) + "\n")
+    with pytest.raises(FileNotFoundError, match="validation"):
+        check_source(TextSource(source="local", dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="data.source='s3'"):
+        check_source(TextSource(source="s3"))
+
+
+def test_missing_tokenizer_folder():
+    with pytest.raises(FileNotFoundError, match="tokenizer='./no/such/tokenizer'"):
+        load_tokenizer("./no/such/tokenizer")
