@@ -279,3 +279,33 @@ def test_cuda_matches_cpu(compile_step):
     pb.grad = grads[0].cuda().bfloat16()
     opt.step()
     assert opt.state[pb]["exp_avg"].dtype == torch.float32 and opt.state[pb]["exp_avg"].is_cuda
+
+
+@pytest.mark.parametrize("level", [1, 2, 3, 4, 7])
+@pytest.mark.parametrize("shape", [(16, 256), (9, 300), (5, 129)])
+@pytest.mark.parametrize("limiter", [1.01, None])
+def test_cpu_kernel_as_accurate_as_torch_path(level, shape, limiter):
+    """The fp32 C kernel and the fp32 torch path both track the fp64 result equally well.
+
+    (GWT updates can be huge where a block mean is tiny, so fp32 rounding is judged against
+    the fp64 run rather than with a fixed tolerance.)"""
+    from gwt.optim import cpu_kernel
+
+    assert cpu_kernel.library() is not None, cpu_kernel.failure()
+    torch.manual_seed(level)
+    w0 = torch.randn(shape, dtype=torch.float64)
+    grads = [torch.randn(shape, dtype=torch.float64) * (1 + t) for t in range(5)]
+    out = {}
+    for name, dtype, use_kernel in (("kernel", torch.float32, True), ("torch", torch.float32, False),
+                                    ("fp64", torch.float64, False)):
+        p = torch.nn.Parameter(w0.clone().to(dtype))
+        opt = GWTAdamW([p], lr=1e-2, level=level, limiter=limiter, weight_decay=0.1, cpu_kernel=use_kernel)
+        for g in grads:
+            p.grad = g.to(dtype)
+            opt.step()
+        out[name] = (p.detach().double(), opt.state[p]["exp_avg_sq"].double())
+    moved = (out["fp64"][0] - w0).norm()
+    err = {k: (out[k][0] - out["fp64"][0]).norm() / moved for k in ("kernel", "torch")}
+    assert err["kernel"] < 1e-4 and err["kernel"] < 3 * err["torch"] + 1e-6, err
+    v_err = (out["kernel"][1] - out["fp64"][1]).norm() / out["fp64"][1].norm()
+    assert v_err < 1e-6, v_err

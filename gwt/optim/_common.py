@@ -93,10 +93,29 @@ def compile_enabled(flag: bool | None) -> bool:
     return bool(flag)
 
 
+#: Step functions are specialised per matrix shape, level and flags; a model has a handful of
+#: shapes, but more than dynamo's default of 8 variants per function is common.
+RECOMPILE_LIMIT = 64
+
+
+def cpu_kernel_enabled(flag: bool | None) -> bool:
+    """``None`` follows the environment variable GWT_CPU_KERNEL (default on; ``0`` turns it off)."""
+    if flag is None:
+        return os.environ.get("GWT_CPU_KERNEL", "1") != "0"
+    return bool(flag)
+
+
 @functools.lru_cache(maxsize=None)
 def compiled(fn: Callable) -> Callable:
-    """One ``torch.compile`` wrapper per step function (inductor: C++ on CPU, Triton on CUDA)."""
-    return torch.compile(fn, fullgraph=True)
+    """One ``torch.compile`` wrapper per step function (inductor: C++ on CPU, Triton on CUDA).
+
+    Static shapes (each matrix shape gets its own kernel); changing scalars such as the
+    learning rate are graph inputs and never trigger a recompile.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    return torch.compile(fn, fullgraph=True, dynamic=False)
 
 
 def bias_correction(step: int, beta1: float, beta2: float) -> float:

@@ -7,6 +7,8 @@ update, details divided by the aligned denominator, inverse transform times ``al
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from gwt.optim._common import (
@@ -15,9 +17,11 @@ from gwt.optim._common import (
     check_range,
     compiled,
     compute_dtype,
+    cpu_kernel_enabled,
     group_is_gwt,
     norm_growth_limit,
 )
+from gwt.optim import cpu_kernel
 from gwt.optim.base import GWT_DEFAULTS, GWTOptimizerBase
 from gwt.wavelets import haar_blocks, is_haar_closed_form
 
@@ -29,7 +33,7 @@ def _moments(a, exp_avg, exp_avg_sq, beta1: float, beta2: float, eps: float):
     return m_new, v_new, denom, m_new / denom
 
 
-def _write_back(param, new_param, decay: float, exp_avg, m_new, exp_avg_sq, v_new):
+def _write_back(param, new_param, decay, exp_avg, m_new, exp_avg_sq, v_new):
     new_param = new_param - decay * new_param  # decoupled weight decay after the update (released order)
     param.copy_(new_param)
     exp_avg.copy_(m_new)
@@ -45,24 +49,40 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, step_size: float, decay: float,
     _write_back(param, new_param, decay, exp_avg, m_new, exp_avg_sq, v_new)
 
 
-def gwt_haar_step(param, grad, exp_avg, exp_avg_sq, prev_norm, step_size: float, decay: float,
-                  beta1: float, beta2: float, eps: float, alpha: float, gamma: float,
-                  level: int, use_limiter: bool):
-    """GWT-Haar through the closed form: cost and memory traffic independent of ``level``.
+def gwt_haar_coefficients(grad, exp_avg, exp_avg_sq, prev_norm, offset, slope, step_size, beta1: float,
+                          beta2: float, eps: float, alpha: float, gamma: float, level: int, use_limiter: bool):
+    """Pass 1 of GWT-Haar (closed form): moments, limiter and the per-block affine map.
 
-    update = alpha / lam * [2**(-l/2) * rep(N) + (G - rep(abar)) / rep(denom)], moments of
-    A_l = 2**(l/2) * abar, abar the zero-padded block mean of G over blocks of 2**l.
+    With abar the zero-padded block mean of G over blocks of B = 2**l, the moments are of
+    A_l = 2**(l/2) * abar and the update of every entry of block j is
+    ``offset_j + slope_j * G`` with ``slope = 1 / denom`` and
+    ``offset = 2**(-l/2) * N - abar / denom`` (docs/GWT_MATH.md, "The Haar closed form").
+    Writes the moments, ``offset`` and ``slope`` (m, k); returns the scalar step scale
+    ``step_size * alpha / lam``. Reads G once; the cost does not depend on the level.
     """
-    rows, n = param.shape
-    g3 = haar_blocks(grad.to(compute_dtype(param)), level)  # (m, k, B)
+    g3 = haar_blocks(grad.to(offset.dtype), level)  # (m, k, B)
     abar = g3.mean(-1)  # (m, k)
     m_new, v_new, denom, normalized = _moments(abar * 2.0 ** (level / 2), exp_avg, exp_avg_sq,
                                                beta1, beta2, eps)
-    coef = alpha / norm_growth_limit(normalized, prev_norm, gamma) if use_limiter else alpha
-    update3 = (g3 - abar.unsqueeze(-1)) / denom.unsqueeze(-1) + normalized.unsqueeze(-1) * 2.0 ** (-level / 2)
-    update = update3.reshape(rows, -1)[:, :n]  # (m, n)
-    new_param = param.to(g3.dtype) - (step_size * coef) * update
-    _write_back(param, new_param, decay, exp_avg, m_new, exp_avg_sq, v_new)
+    exp_avg.copy_(m_new)
+    exp_avg_sq.copy_(v_new)
+    inv_denom = 1.0 / denom
+    slope.copy_(inv_denom)
+    offset.copy_(normalized * 2.0 ** (-level / 2) - abar * inv_denom)
+    scale = step_size * alpha
+    return scale / norm_growth_limit(normalized, prev_norm, gamma) if use_limiter else scale
+
+
+def gwt_haar_apply(param, grad, offset, slope, scale, decay, level: int):
+    """Pass 2 of GWT-Haar: ``W = (W - scale * (offset + slope * G)) * (1 - lr * wd)`` blockwise.
+
+    One read of W and G, one write of W: a multiply-add per entry.
+    """
+    rows, n = param.shape
+    g3 = haar_blocks(grad.to(offset.dtype), level)  # (m, k, B)
+    update = (offset.unsqueeze(-1) + slope.unsqueeze(-1) * g3).reshape(rows, -1)[:, :n]
+    new_param = param.to(offset.dtype) - scale * update
+    param.copy_(new_param - decay * new_param)
 
 
 def gwt_general_step(param, grad, exp_avg, exp_avg_sq, prev_norm, step_size: float, decay: float,
@@ -98,15 +118,20 @@ class GWTAdamW(GWTOptimizerBase):
             Arithmetic is fp32 (fp64) whatever the parameter and state dtypes.
         compile: ``torch.compile`` the per-parameter step (None: environment variable
             GWT_COMPILE, default on). The ptwt path always runs eagerly.
+        cpu_kernel: run the Haar closed form of fp32 CPU matrices through the C kernel
+            (gwt/csrc/haar_cpu.c; None: environment variable GWT_CPU_KERNEL, default on).
     """
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, *, wavelet: str | None = "haar", level: int = 2,
                  alpha: float = 0.25, boundary: str = "zero", limiter: float | None = 1.01,
-                 closed_form: bool = True, state_dtype=None, compile: bool | None = None):
+                 closed_form: bool = True, state_dtype=None, compile: bool | None = None,
+                 cpu_kernel: bool | None = None):
         defaults = dict(GWT_DEFAULTS, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, wavelet=wavelet,
                         level=level, alpha=alpha, boundary=boundary, limiter=limiter, closed_form=closed_form)
         super().__init__(params, defaults, state_dtype=state_dtype, compile=compile)
+        self._scratch: dict = {}
+        self.use_cpu_kernel = cpu_kernel_enabled(cpu_kernel)
 
     def _check_group(self, group: dict) -> None:
         group["betas"] = check_betas(group["betas"])
@@ -122,6 +147,26 @@ class GWTAdamW(GWTOptimizerBase):
 
     def _fn(self, fn):
         return compiled(fn) if self.use_compile else fn
+
+    @staticmethod
+    def _cpu_haar(p, grad, state, group, offset, slope, step_size: float, decay: float, gamma: float) -> None:
+        """The same two passes through the C kernel (fp32 CPU); the limiter's scalars in Python."""
+        beta1, beta2 = group["betas"]
+        norm_sq = cpu_kernel.haar_step(p, grad, state["exp_avg"], state["exp_avg_sq"], offset, slope,
+                                       group["level"], beta1, beta2, group["eps"])
+        lam = 1.0
+        if group["limiter"] is not None:
+            norm = math.sqrt(norm_sq)
+            lam = max(norm / (state["prev_norm"].item() + 1e-8), gamma) / gamma
+            state["prev_norm"].fill_(norm / lam)
+        cpu_kernel.haar_apply(p, grad, offset, slope, group["level"], step_size * group["alpha"] / lam, decay)
+
+    def _workspace(self, shape, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two approximation-sized scratch buffers, shared by all matrices of that shape (not state)."""
+        key = (tuple(shape), compute_dtype(p), p.device)
+        if key not in self._scratch:
+            self._scratch[key] = torch.empty((2, *shape), dtype=compute_dtype(p), device=p.device)
+        return self._scratch[key].unbind(0)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -139,7 +184,10 @@ class GWTAdamW(GWTOptimizerBase):
                 t = self._increment_step(state)
                 step_size = group["lr"] * bias_correction(t, beta1, beta2)
                 decay = group["lr"] * group["weight_decay"]
-                common = (step_size, decay, beta1, beta2, group["eps"])
+                # Scalars that change between steps are 0-d CPU tensors: graph inputs of the compiled
+                # step, never a reason to recompile, and no device synchronisation.
+                common = (torch.tensor(step_size, dtype=torch.float64), torch.tensor(decay, dtype=torch.float64),
+                          beta1, beta2, group["eps"])
                 if not gwt:
                     self._fn(adam_step)(p, grad, state["exp_avg"], state["exp_avg_sq"], *common)
                     continue
@@ -148,8 +196,15 @@ class GWTAdamW(GWTOptimizerBase):
                 gamma = group["limiter"] if use_limiter else 1.0
                 if group["closed_form"] and is_haar_closed_form(group["wavelet"], group["boundary"],
                                                                 p.shape[-1], group["level"]):
-                    self._fn(gwt_haar_step)(p, grad, state["exp_avg"], state["exp_avg_sq"], prev_norm, *common,
-                                            group["alpha"], gamma, group["level"], use_limiter)
+                    offset, slope = self._workspace(state["exp_avg"].shape, p)
+                    if self.use_cpu_kernel and cpu_kernel.applies(p, grad, state["exp_avg"], state["exp_avg_sq"]) \
+                            and cpu_kernel.library() is not None:
+                        self._cpu_haar(p, grad, state, group, offset, slope, step_size, decay, gamma)
+                        continue
+                    scale = self._fn(gwt_haar_coefficients)(
+                        grad, state["exp_avg"], state["exp_avg_sq"], prev_norm, offset, slope, common[0], beta1,
+                        beta2, group["eps"], group["alpha"], gamma, group["level"], use_limiter)
+                    self._fn(gwt_haar_apply)(p, grad, offset, slope, scale, common[1], group["level"])
                 else:
                     gwt_general_step(p, grad, state["exp_avg"], state["exp_avg_sq"], prev_norm, *common,
                                      group["alpha"], gamma, use_limiter, self.transform_for(p, group))
