@@ -51,9 +51,15 @@ def is_paper_scale(run: Run, budgets: dict[str, float]) -> bool:
 
 
 def pretrain_runs(runs: list[Run]) -> list[Run]:
-    """Pre-training runs at the paper's GWT alpha (the Figure 3 alpha ablations are left out)."""
-    return [r for r in runs if r.kind == "pretrain"
-            and not (r.optimizer.get("name") in ("gwt", "gwt_adafactor") and r.alpha not in (None, PAPER_ALPHA))]
+    """Pre-training runs at the paper's GWT setting: alpha 0.25 and, for GWT-AdamW, the limiter on
+    (the Figure 3 alpha and Figure 5 limiter ablations are left out)."""
+    def ablation(run: Run) -> bool:
+        name = run.optimizer.get("name")
+        if name in ("gwt", "gwt_adafactor") and run.alpha not in (None, PAPER_ALPHA):
+            return True
+        return name == "gwt" and run.optimizer.get("limiter", 1.01) in (None, 0, False)
+
+    return [r for r in runs if r.kind == "pretrain" and not ablation(r)]
 
 
 class Cells:
