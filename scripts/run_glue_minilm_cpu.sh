@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-results/glue/minilm_cpu}
-# Optimizer steps per task (batch 16, CoLA 32): 320 to 800 training examples, 1-12% of an epoch.
+# Optimizer steps per task (batch 16, CoLA 32): 320 to 800 training examples, 1-13% of an epoch.
 # Sized for a 2-core CPU shared with other jobs (about 5-15 s per step there); tasks whose scores
 # move earliest come first.
 declare -A STEPS=([sst2]=50 [stsb]=30 [cola]=25 [mrpc]=25 [rte]=20)
