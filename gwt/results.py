@@ -212,16 +212,13 @@ class Run:
 
     @property
     def machine(self) -> str:
-        """Where the run ran, from whichever field the entrypoint recorded."""
+        """Where the run ran, from whichever field the entrypoint recorded (result.json `machine`)."""
         for key in ("machine", "device", "hardware", "hostname"):
             value = self.extra.get(key) if key in self.extra else self.metrics.get(key)
             if isinstance(value, dict):
-                value = ", ".join(f"{k}={v}" for k, v in value.items())
+                return _describe_machine(value, self.extra.get("world_size") or self.metrics.get("world_size"))
             if value:
                 return str(value)
-        env = self.extra.get("env") or self.extra.get("environment")
-        if isinstance(env, dict):
-            return ", ".join(f"{k}={v}" for k, v in env.items() if k in ("device", "gpu", "cpu", "world_size"))
         return "unknown machine"
 
     def metric(self, *names: str) -> float | None:
@@ -273,6 +270,18 @@ class Run:
         parts.append(self.machine)
         parts.append(f"commit {str(self.git_commit)[:8]}")
         return ", ".join(parts)
+
+
+def _describe_machine(info: dict, world_size=None) -> str:
+    """'1x NVIDIA H100 (torch 2.4)' / 'CPU x86_64, 2 cores (torch 2.13.0)' from a machine dict."""
+    torch_version = f" (torch {info['torch']})" if info.get("torch") else ""
+    if info.get("gpu"):
+        count = world_size or info.get("gpu_count") or 1
+        return f"{count}x {info['gpu']}{torch_version}"
+    if info.get("cpu") or info.get("cpu_count"):
+        procs = f", {world_size} processes" if world_size and world_size > 1 else ""
+        return f"CPU {info.get('cpu', '?')}, {info.get('cpu_count', '?')} cores{procs}{torch_version}"
+    return ", ".join(f"{k}={v}" for k, v in info.items())
 
 
 def read_jsonl(path: Path) -> list[dict]:

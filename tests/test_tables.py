@@ -45,7 +45,7 @@ def results(tmp_path_factory) -> Path:
     write_run(root, "pretrain/adam_tiny", pretrain_config("llama_tiny", 64, {"name": "adamw", "lr": 1e-3}),
               pretrain_metrics(300.0, tokens=1e5))
     write_run(root, "pretrain/haar3_60m_full", pretrain_config(optimizer=dict(gwt, level=3), data="c4", steps=10000),
-              pretrain_metrics(29.9, tokens=1.31e9, tokens_per_s=90000.0), machine={"gpu": "RTX 3090", "count": 4})
+              pretrain_metrics(29.9, tokens=1.31e9, tokens_per_s=360000.0), machine={"gpu": "NVIDIA GeForce RTX 3090", "gpu_count": 4, "torch": "2.3.0"}, world_size=4)
     curve = [{"step": s, "loss": 3.0, "lr": 0.01, "tokens_seen": s * 131072, "tokens_per_s": 2800.0}
              for s in (10000, 20000)] + [{"step": 20000, "eval_loss": 2.9, "eval_ppl": 18.5}]
     write_run(root, "pretrain/galore_1b", pretrain_config("llama_1b", 2048, {"name": "galore", "rank": 512, "lr": 0.01},
@@ -68,6 +68,7 @@ def results(tmp_path_factory) -> Path:
 def markdown(results) -> str:
     out = results.parent / "tables.md"
     assert make_tables.main(["--results", str(results), "--paper-dir", str(PAPER), "--out", str(out)]) == 0
+    assert "from 10 run(s)" in out.read_text()
     return out.read_text()
 
 
@@ -105,7 +106,7 @@ def test_table1_cells_are_ours_paper_with_provenance(markdown):
     assert "99.00" not in markdown.split("### Table 2")[0]  # alpha ablation excluded
     assert _row(markdown, "Table 1", "Full-Rank")[-1] == "300.00† (—)"  # tiny: extra column, no paper value
     assert "`pretrain/haar2_60m_s0`" in markdown and "0.12% of the paper's 1.3B" in markdown
-    assert "CPU test box" in markdown and "gpu=RTX 3090" in markdown and "commit 01234567" in markdown
+    assert "CPU test box" in markdown and "4x NVIDIA GeForce RTX 3090 (torch 2.3.0)" in markdown and "commit 01234567" in markdown
 
 
 def test_table2_reads_curve_at_step_and_per_gpu_throughput(markdown):
