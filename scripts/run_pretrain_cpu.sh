@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU pre-training measurements in results/pretrain/ (README "Pre-training results on CPU").
 #   scripts/run_pretrain_cpu.sh throughput   # llama_20m, AdamW vs GWT Haar-2: tokens/s and peak RSS
-#   scripts/run_pretrain_cpu.sh imdb         # small LLaMA on IMDb, same token budget, 4 optimizers
+#   scripts/run_pretrain_cpu.sh imdb [adamw haar2 db2 galore]   # small LLaMA on IMDb, same token budget
 # then: python scripts/pretrain_summary.py --write
 # Runs are sequential (one process, all cores); outputs go to results/pretrain/<study>/<run>/
 # (config.yaml, metrics.jsonl, result.json; no checkpoints). Existing run folders are refused by
@@ -11,7 +11,11 @@ cd "$(dirname "$0")/.."
 PY=${PY:-python}
 export GWT_DATA_DIR=${GWT_DATA_DIR:-$(realpath ../shared/data)}
 export GWT_TOKENIZER_DIR=${GWT_TOKENIZER_DIR:-$(realpath ../shared/tokenizers)}
-study=${1:?usage: $0 throughput|imdb}
+# One intra-op thread: on a 2-core machine shared with other jobs, 2 OpenMP threads that wait on
+# each other ran 3-4x slower than 1 thread (measured here); set OMP_NUM_THREADS=2 on an idle machine.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+study=${1:?usage: $0 throughput|imdb [runs...]}
+shift
 
 case "$study" in
 throughput)
@@ -23,7 +27,7 @@ throughput)
       run_name=cpu-llama_20m-$opt output_dir=results/pretrain/throughput_llama20m/$opt
   done ;;
 imdb)
-  for exp in adamw haar2 db2 galore; do
+  for exp in ${@:-adamw haar2 db2 galore}; do
     $PY train_llama.py experiment=imdb/$exp output_dir=results/pretrain/imdb/$exp
   done ;;
 *) echo "unknown study '$study' (throughput|imdb)" >&2; exit 2 ;;
