@@ -68,26 +68,27 @@ def estimate_state_bytes(model_or_shapes, name: str = "adamw", *, targets: Itera
     ``model_or_shapes``: a module or ``{name: shape}``. ``targets``: names of the matrices that
     get GWT/low-rank treatment (default: every 2-D parameter). Per parameter:
 
-    - ``adamw``: ``2 * numel`` states + a 4-byte step.
+    - ``adamw``: ``2 * numel`` states + a 4-byte step tensor (GaLore keeps its step in Python).
     - ``gwt``: target (m, n): ``2 * m * len(A_l)`` + step + limiter norm (param_bytes);
       others as Adam.
     - ``galore``: target (m, n): ``2 * r * max(m, n)`` moments + ``r * min(m, n)`` projector.
     """
     shapes = _named_shapes(model_or_shapes)
+    step = 0 if name == "galore" else 4  # galore-torch counts steps in a Python int
     target_set = set(targets) if targets is not None else {n for n, s in shapes.items() if len(s) == 2}
     total = 0
     for pname, shape in shapes.items():
         numel = _numel(shape)
         if pname in target_set and name == "gwt" and level > 0:
             m, n = shape
-            total += 2 * m * approx_len(n, wavelet, level, boundary) * state_bytes + 4
+            total += 2 * m * approx_len(n, wavelet, level, boundary) * state_bytes + step
             total += param_bytes if limiter is not None else 0
         elif pname in target_set and name == "galore":
             m, n = shape
             r = min(rank, m, n)
-            total += 2 * r * max(m, n) * state_bytes + r * min(m, n) * state_bytes + 4
+            total += 2 * r * max(m, n) * state_bytes + r * min(m, n) * state_bytes + step
         elif name in ("adamw", "gwt", "galore"):
-            total += 2 * numel * state_bytes + 4
+            total += 2 * numel * state_bytes + step
         else:
             raise ValueError(f"estimate_state_bytes: name={name!r} has no formula; valid: adamw, gwt, galore")
     return total
