@@ -25,7 +25,25 @@ set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 WORK=${GWT_SLURM_WORK:-$(mktemp -d /tmp/gwt-slurm.XXXXXX)}
-CTLD_PORT=${GWT_SLURM_PORT:-6917}
+# two consecutive free TCP ports for slurmctld / slurmd (GWT_SLURM_PORT picks them by hand)
+free_port_pair() {
+    python3 -c '
+import socket
+for port in range(16917, 17917, 2):
+    socks = [socket.socket() for _ in range(2)]
+    try:
+        for offset, sock in enumerate(socks):
+            sock.bind(("127.0.0.1", port + offset))
+    except OSError:
+        continue
+    finally:
+        for sock in socks:
+            sock.close()
+    print(port)
+    break
+'
+}
+CTLD_PORT=${GWT_SLURM_PORT:-$(free_port_pair)}
 NODE=$(hostname -s)
 STEPS=${GWT_SLURM_STEPS:-3}                 # steps of the quick runs
 PREEMPT_STEPS=${GWT_SLURM_PREEMPT_STEPS:-6} # steps of the runs that get the signal
@@ -205,15 +223,30 @@ state=$(wait_job "$JOB1" 600)
 [ "$state" = COMPLETED ] || { cat "$WORK"/log/tiny-*.out; fail "sbatch job $JOB1 ended $state"; }
 check_result "$RUN1" "$STEPS"
 
-# ----------------------------------------------------------------------------- 3. pre-emption, sbatch
+# ----------------------------------------------------------------------------- 3+4. pre-emption
+# Both pre-emption cases run side by side (one CPU each).
 log "3. pre-emption of an sbatch job: USR1 to the batch shell -> checkpoint -> requeue -> resume"
 RUN3=$WORK/runs/preempt_sbatch
 JOB3=$(sbatch --parsable "${SBATCH_LOCAL[@]}" --job-name=preempt --output="$WORK/log/preempt-%j.out" \
        slurm/pretrain_1node.sbatch "${TINY[@]}" optimizer=gwt trainer.max_steps="$PREEMPT_STEPS" \
        trainer.eval_every="$PREEMPT_STEPS" output_dir="$RUN3")
+log "4. pre-emption of a submitit job: USR2 -> SlurmRequeue callback -> checkpoint -> requeue -> resume"
+SWEEP4=$WORK/runs/multirun_preempt
+"$PY" train_llama.py -m hydra/launcher=slurm hydra.sweep.dir="$SWEEP4" \
+    hydra.launcher.gpus_per_node=null hydra.launcher.cpus_per_task=1 hydra.launcher.timeout_min=15 \
+    "${TINY[@]}" optimizer=gwt trainer.max_steps="$PREEMPT_STEPS" trainer.eval_every="$PREEMPT_STEPS" \
+    >"$WORK/log/multirun_preempt.out" 2>&1 &
+SWEEP_PID=$!
+
 wait_for_step "$RUN3" 300
 scancel --batch --signal=USR1 "$JOB3"
-log "sent USR1 to job $JOB3"
+log "sent USR1 to the batch shell of job $JOB3 (as #SBATCH --signal=B:USR1@300 does)"
+wait_for_step "$SWEEP4/0" 300
+JOB4=$(squeue -h -o %i -n train_llama | head -n 1)
+[ -n "$JOB4" ] || fail "no submitit job in the queue"
+scancel --signal=USR2 "$JOB4"
+log "sent USR2 to submitit job $JOB4 (as submitit's --signal=USR2@<signal_delay_s> does)"
+
 state=$(wait_job "$JOB3" 900)
 OUT3=$(cat "$WORK"/log/preempt-"$JOB3".out)
 [ "$state" = COMPLETED ] || { echo "$OUT3"; fail "pre-empted job $JOB3 ended $state"; }
@@ -222,25 +255,18 @@ restarts=$(job_field "$JOB3" Restarts)
 grep -q "stopped by signal at step" <<<"$OUT3" || { echo "$OUT3"; fail "job $JOB3 did not checkpoint on the signal"; }
 grep -q "resumed from" <<<"$OUT3" || { echo "$OUT3"; fail "requeued job $JOB3 did not resume"; }
 check_result "$RUN3" "$PREEMPT_STEPS"
-log "job $JOB3: $(grep -o 'stopped by signal at step [0-9]*' <<<"$OUT3" | head -n 1), Restarts=$restarts, $(grep -o 'resumed from .* at step [0-9]*' <<<"$OUT3" | head -n 1)"
+log "sbatch job $JOB3: $(grep -o 'stopped by signal at step [0-9]*' <<<"$OUT3" | head -n 1), Restarts=$restarts," \
+    "$(grep -o 'resumed from .* at step [0-9]*' <<<"$OUT3" | head -n 1)"
 
-# ----------------------------------------------------------------------------- 4. pre-emption, submitit
-log "4. pre-emption of a submitit job: USR2 -> SlurmRequeue callback -> checkpoint -> requeue -> resume"
-SWEEP4=$WORK/runs/multirun_preempt
-"$PY" train_llama.py -m hydra/launcher=slurm hydra.sweep.dir="$SWEEP4" \
-    hydra.launcher.gpus_per_node=null hydra.launcher.cpus_per_task=1 hydra.launcher.timeout_min=15 \
-    "${TINY[@]}" optimizer=gwt trainer.max_steps="$PREEMPT_STEPS" trainer.eval_every="$PREEMPT_STEPS" \
-    >"$WORK/log/multirun_preempt.out" 2>&1 &
-SWEEP_PID=$!
-wait_for_step "$SWEEP4/0" 300
-JOB4=$(squeue -h -o %i -n train_llama | head -n 1)
-[ -n "$JOB4" ] || fail "no submitit job in the queue"
-scancel --signal=USR2 "$JOB4"
-log "sent USR2 to submitit job $JOB4"
 wait "$SWEEP_PID" || { tail -n 40 "$WORK/log/multirun_preempt.out"; fail "pre-empted multirun failed"; }
 LOG4=$(cat "$SWEEP4"/.submitit/*/*_log.out 2>/dev/null || true)
 grep -q "stopped by signal at step" <<<"$LOG4" || { echo "$LOG4"; fail "submitit job did not checkpoint on the signal"; }
+grep -q "requeueing job" <<<"$LOG4" || { echo "$LOG4"; fail "submitit job was not requeued"; }
 grep -q "resumed from" <<<"$LOG4" || { echo "$LOG4"; fail "requeued submitit job did not resume"; }
+restarts=$(job_field "$JOB4" Restarts)
+[ "${restarts:-0}" -ge 1 ] || { echo "$LOG4"; fail "submitit job $JOB4 was not requeued (Restarts=$restarts)"; }
 check_result "$SWEEP4/0" "$PREEMPT_STEPS"
+log "submitit job $JOB4: $(grep -o 'stopped by signal at step [0-9]*' <<<"$LOG4" | head -n 1), Restarts=$restarts," \
+    "$(grep -o 'resumed from .* at step [0-9]*' <<<"$LOG4" | head -n 1)"
 
 log "all Slurm checks passed"
