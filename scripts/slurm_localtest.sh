@@ -16,7 +16,9 @@
 #      and finishes by resuming: Restarts=1, "resumed from" in its log, metrics.jsonl steps
 #      1..N each once, result.json complete;
 #   4. the same through submitit: a multirun job sent submitit's signal (USR2) is requeued by the
-#      SlurmRequeue callback and resumes.
+#      SlurmRequeue callback and resumes;
+#   5. a submitit job with two tasks trains as one process group (gloo on CPU; world_size 2).
+# GWT_SLURM_STAGES="basic preempt multitask" selects the groups (1+2, 3+4, 5).
 # Every daemon started here is stopped on exit (trap), after cancelling leftover jobs.
 # Needs: root (daemons, apt-get), the project's virtual environment active or in .venv,
 # GWT_DATA_DIR / GWT_TOKENIZER_DIR (default ../shared/{data,tokenizers}).
@@ -203,7 +205,10 @@ wait_for_step() {  # wait_for_step RUN_DIR TIMEOUT_S: until metrics.jsonl has a 
     fail "no training step logged in $1 after $2 s"
 }
 
+want() { [[ " ${GWT_SLURM_STAGES:-basic preempt multitask} " == *" $1 "* ]]; }
+
 # ----------------------------------------------------------------------------- 1. sbatch
+if want basic; then
 log "1. sbatch slurm/pretrain_1node.sbatch (llama_tiny, $STEPS steps)"
 RUN1=$WORK/runs/sbatch_tiny
 JOB1=$(sbatch --parsable "${SBATCH_LOCAL[@]}" --job-name=tiny --output="$WORK/log/tiny-%j.out" \
@@ -223,7 +228,10 @@ state=$(wait_job "$JOB1" 600)
 [ "$state" = COMPLETED ] || { cat "$WORK"/log/tiny-*.out; fail "sbatch job $JOB1 ended $state"; }
 check_result "$RUN1" "$STEPS"
 
+fi
+
 # ----------------------------------------------------------------------------- 3+4. pre-emption
+if want preempt; then
 # Both pre-emption cases run side by side (one CPU each).
 log "3. pre-emption of an sbatch job: USR1 to the batch shell -> checkpoint -> requeue -> resume"
 RUN3=$WORK/runs/preempt_sbatch
@@ -268,5 +276,20 @@ restarts=$(job_field "$JOB4" Restarts)
 check_result "$SWEEP4/0" "$PREEMPT_STEPS"
 log "submitit job $JOB4: $(grep -o 'stopped by signal at step [0-9]*' <<<"$LOG4" | head -n 1), Restarts=$restarts," \
     "$(grep -o 'resumed from .* at step [0-9]*' <<<"$LOG4" | head -n 1)"
+
+fi
+
+# ----------------------------------------------------------------------------- 5. two tasks, one process group
+if want multitask; then
+log "5. submitit job with 2 tasks: one gloo process group through the callback's RANK/WORLD_SIZE/MASTER_*"
+SWEEP5=$WORK/runs/multirun_2tasks
+"$PY" train_llama.py -m hydra/launcher=slurm hydra.sweep.dir="$SWEEP5" hydra.launcher.tasks_per_node=2 \
+    hydra.launcher.gpus_per_node=null hydra.launcher.cpus_per_task=1 hydra.launcher.timeout_min=15 \
+    "${TINY[@]}" cpu=true trainer.total_batch_size=8 optimizer=gwt trainer.max_steps="$STEPS" trainer.eval_every="$STEPS" \
+    >"$WORK/log/multirun_2tasks.out" 2>&1 || { tail -n 40 "$WORK/log/multirun_2tasks.out"; fail "2-task multirun failed"; }
+check_result "$SWEEP5/0" "$STEPS"
+"$PY" -c "import json,sys; w=json.load(open(sys.argv[1]))['metrics']['world_size']; assert w == 2, w; print('ok world_size', w)" \
+    "$SWEEP5/0/result.json"
+fi
 
 log "all Slurm checks passed"

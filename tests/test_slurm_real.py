@@ -150,6 +150,7 @@ def test_real_slurm_on_localhost():
     out = subprocess.run(["bash", str(REPO / "scripts" / "slurm_localtest.sh")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=1440)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-6000:]
-    for check in ("ok sbatch_tiny", "ok 0:", "ok 1:", "ok preempt_sbatch", "Restarts=1", "all Slurm checks passed"):
+    for check in ("ok sbatch_tiny", "ok 0:", "ok 1:", "ok preempt_sbatch", "Restarts=1", "ok world_size 2",
+                  "all Slurm checks passed"):
         assert check in out.stdout, out.stdout[-6000:]
     assert "daemons stopped; exit status 0" in out.stdout
