@@ -33,7 +33,7 @@ from gwt.memory import optimizer_state_bytes
 from gwt.models import LLAMA_ARCH_KEYS, build_llama, count_parameters
 from gwt.optim import build_optimizer
 from gwt.train import (CheckpointManager, MetricsLogger, StopSignal, build_scheduler, causal_lm_loss_sum,
-                       check_output_dir, count_targets, gradient_accumulation_steps, peak_memory_bytes,
+                       check_output_dir, count_targets, git_commit, gradient_accumulation_steps, peak_memory_bytes,
                        progress_bar, reset_peak_memory, rng_state, seed_everything, set_rng_state,
                        truncate_metrics, warmup_steps_from, write_result)
 
@@ -75,6 +75,7 @@ def train(cfg: DictConfig) -> dict | None:
     the run had already finished). Bad input exits with status 2 before anything is written."""
     # ---------------------------------------------------------------- checks (nothing written yet)
     check_config(cfg)
+    code_version = git_commit()  # recorded in result.json: the code this run started with
     acc = Accelerator(mixed_precision=PRECISIONS[cfg.precision], cpu=cfg.cpu)
     is_main, world = acc.is_main_process, acc.num_processes
     t = cfg.trainer
@@ -238,14 +239,14 @@ def train(cfg: DictConfig) -> dict | None:
                "final_train_loss": last_loss, "train_tokens_per_s": session_tokens / max(train_time, 1e-9),
                "train_time_s": train_time, "optimizer_state_bytes": optimizer_state_bytes(optimizer),
                **peak_memory_bytes(acc.device), "num_parameters": n_params["total"], "world_size": world}
-    if is_main:
-        path = write_result(output_dir, OmegaConf.to_container(cfg, resolve=True), metrics)
-        print(f"validation perplexity {metrics['eval_ppl']:.2f} (loss {metrics['eval_loss']:.4f} on "
-              f"{metrics['eval_tokens']:,} tokens) after {step} steps, {tokens_seen:,} tokens\nresult: {path}")
     logger.close()
     if wandb_run is not None:
         wandb_run.summary.update(metrics)
         wandb_run.finish()
+    if is_main:
+        path = write_result(output_dir, OmegaConf.to_container(cfg, resolve=True), metrics, commit=code_version)
+        print(f"validation perplexity {metrics['eval_ppl']:.2f} (loss {metrics['eval_loss']:.4f} on "
+              f"{metrics['eval_tokens']:,} tokens) after {step} steps, {tokens_seen:,} tokens\nresult: {path}")
     acc.end_training()
     return metrics
 

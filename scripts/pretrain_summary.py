@@ -77,7 +77,9 @@ def provenance(runs: list[dict]) -> str:
     for r in runs:
         res = r["result"]
         mach = res.get("machine", {})
-        lines.append(f"- `{r['dir'].relative_to(REPO).as_posix()}`: {r['label']}, commit "
+        where = r["dir"].resolve()
+        where = where.relative_to(REPO) if where.is_relative_to(REPO) else where
+        lines.append(f"- `{where.as_posix()}`: {r['label']}, commit "
                      f"{str(res.get('git_commit'))[:10]}{' (uncommitted changes)' if res.get('git_dirty') else ''}, "
                      f"{mach.get('cpu_count')} CPU cores, torch {mach.get('torch')}, finished {res.get('finished_at')}")
     return "\n".join(lines)

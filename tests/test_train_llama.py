@@ -187,3 +187,18 @@ def test_two_processes_match_one_process(tmp_path):
         for key in ("loss", "eval_loss", "tokens_seen", "eval_tokens"):
             if key in ra:
                 assert rb[key] == pytest.approx(ra[key], rel=1e-4), (ra, rb)
+
+
+def test_pretrain_summary_tables(tmp_path):
+    """scripts/pretrain_summary.py renders the run folders' own numbers."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import pretrain_summary
+
+    for name in ("adamw", "gwt"):
+        run(tmp_path / "imdb" / name, f"optimizer={name}", "trainer.max_steps=2", "trainer.checkpoint_every=0")
+        reset_accelerate()
+    text = pretrain_summary.render(tmp_path)
+    results = {n: read_result(tmp_path / "imdb" / n)["metrics"] for n in ("adamw", "gwt")}
+    assert "| Full-Rank |" in text and "| Haar-2 |" in text
+    for m in results.values():
+        assert f"{m['eval_loss']:.4f}" in text and f"{m['tokens_seen']:,}" in text

@@ -59,9 +59,13 @@ def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
     return path
 
 
-def write_result(output_dir: str | os.PathLike, config: dict, metrics: dict, **extra) -> Path:
-    """Write ``<output_dir>/result.json`` with the resolved ``config``, git commit, ``metrics`` and ``extra``."""
-    sha, dirty = git_commit()
+def write_result(output_dir: str | os.PathLike, config: dict, metrics: dict,
+                 commit: tuple[str | None, bool | None] | None = None, **extra) -> Path:
+    """Write ``<output_dir>/result.json`` with the resolved ``config``, git commit, ``metrics`` and ``extra``.
+
+    ``commit``: ``git_commit()`` taken when the run started (default: taken now).
+    """
+    sha, dirty = commit if commit is not None else git_commit()
     result = {"config": config, "git_commit": sha, "git_dirty": dirty, "metrics": metrics,
               "machine": machine_info(),
               "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra}
