@@ -4,13 +4,15 @@ PY := $(VENV)/bin/python
 export GWT_DATA_DIR ?= $(abspath ../shared/data)
 export GWT_TOKENIZER_DIR ?= $(abspath ../shared/tokenizers)
 
-.PHONY: help setup test test-fast demo bench
+.PHONY: help setup test test-fast demo bench tables slurm-test
 
 help:
 	@echo "make setup   - virtual environment in $(VENV) with CPU torch 2.13.0 and the project (editable, all extras)"
 	@echo "make test    - the whole test suite (CPU), as CI runs it"
 	@echo "make demo    - short GWT pre-training on local C4 data, prints validation perplexity"
 	@echo "make bench   - optimizer step-time benchmark (scripts/bench_optimizer.py)"
+	@echo "make tables  - results/tables.md and results/figures/ from results/**/result.json"
+	@echo "make slurm-test - real one-node Slurm on localhost: sbatch, submitit sweep, requeue (root)"
 
 setup: $(VENV)/.installed
 
@@ -32,3 +34,10 @@ demo: setup
 
 bench: setup
 	$(PY) scripts/bench_optimizer.py
+
+tables: setup
+	$(PY) scripts/make_tables.py --out results/tables.md
+	$(PY) scripts/plot_curves.py
+
+slurm-test: setup
+	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH scripts/slurm_localtest.sh
