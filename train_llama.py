@@ -102,8 +102,11 @@ def train(cfg: DictConfig) -> dict | None:
         optimizer = build_optimizer(model, **OmegaConf.to_container(cfg.optimizer, resolve=True))
     except (ValueError, TypeError) as err:
         fail(f"optimizer={cfg.optimizer.name}: {err}")
-    warmup = warmup_steps_from(t.max_steps, t.warmup_steps, t.warmup_ratio)
-    scheduler = build_scheduler(optimizer, t.scheduler, t.max_steps, warmup, t.min_lr_ratio)
+    try:
+        warmup = warmup_steps_from(t.max_steps, t.warmup_steps, t.warmup_ratio)
+        scheduler = build_scheduler(optimizer, t.scheduler, t.max_steps, warmup, t.min_lr_ratio)
+    except ValueError as err:
+        fail(f"trainer.scheduler: {err}")
     if cfg.compile:
         model = torch.compile(model)
     model = acc.prepare(model)  # DDP over N processes; autocast for precision=bf16

@@ -86,6 +86,7 @@ BAD_INPUTS = [
     (["data.source=ftp"], "data.source='ftp'"),
     (["precision=fp8"], "precision='fp8'"),
     (["trainer.seq_len=4096"], "trainer.seq_len=4096"),
+    (["trainer.scheduler=cosine_restarts"], "scheduler='cosine_restarts'"),
 ]
 
 
