@@ -37,9 +37,9 @@ from gwt.metrics import SCORE_KEYS, glue_eval_metrics
 from gwt.models import build_glue_model
 from gwt.optim import build_optimizer, optimizer_options
 from gwt.train import (SCHEDULE_NAMES, CheckpointManager, MetricsLogger, StopSignal, build_scheduler,
-                       check_output_dir, gradient_accumulation_steps, peak_memory_bytes, progress_bar,
-                       reset_peak_memory, rng_state, seed_everything, set_rng_state, truncate_metrics,
-                       write_result)
+                       check_output_dir, git_commit, gradient_accumulation_steps, peak_memory_bytes,
+                       progress_bar, reset_peak_memory, rng_state, seed_everything, set_rng_state,
+                       truncate_metrics, write_result)
 from gwt.train.epochs import epoch_batches, length_sorted_batches, micro_batches
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16"}  # precision -> Accelerate mixed_precision
@@ -135,6 +135,7 @@ def run(cfg: DictConfig) -> dict | None:
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     output_dir, micro = Path(cfg.output_dir), t.total_batch_size // (world * accum)
+    commit = git_commit()  # the code version this run started from (recorded in result.json)
     if out_state.finished:
         acc.print(f"{output_dir}/result.json exists: this run already finished; nothing to do")
         return None
@@ -268,7 +269,8 @@ def run(cfg: DictConfig) -> dict | None:
                "num_parameters": n_params, "world_size": world}
     if is_main:
         command = " ".join(["python", os.path.basename(sys.argv[0])] + sys.argv[1:])
-        path = write_result(output_dir, OmegaConf.to_container(cfg, resolve=True), metrics, command=command)
+        path = write_result(output_dir, OmegaConf.to_container(cfg, resolve=True), metrics, commit=commit,
+                            command=command)
         print(f"{cfg.task.name} {cfg.task.metric}: final {history[-1]['score']:.2f}, best {best['score']:.2f} "
               f"(step {best['step']}) after {step} steps\nresult: {path}")
     logger.close()
