@@ -25,6 +25,9 @@ from gwt.optim import cpu_kernel
 from gwt.optim.base import GWT_DEFAULTS, GWTOptimizerBase
 from gwt.wavelets import haar_blocks, is_haar_closed_form
 
+#: Matrices of one shape are stepped together, up to this many per compiled call.
+GROUP_CHUNK = 16
+
 def _moments(a, exp_avg, exp_avg_sq, beta1: float, beta2: float, eps: float):
     """Adam moments of ``a`` in the compute dtype; returns (M, V, denom, M / denom)."""
     m_new = exp_avg.to(a.dtype) * beta1 + (1 - beta1) * a
@@ -49,40 +52,52 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, step_size: float, decay: float,
     _write_back(param, new_param, decay, exp_avg, m_new, exp_avg_sq, v_new)
 
 
-def gwt_haar_coefficients(grad, exp_avg, exp_avg_sq, prev_norm, offset, slope, step_size, beta1: float,
-                          beta2: float, eps: float, alpha: float, gamma: float, level: int, use_limiter: bool):
+def haar_coefficients(grad, exp_avg, exp_avg_sq, prev_norm, step_size, beta1: float, beta2: float, eps: float,
+                      alpha: float, gamma: float, level: int, use_limiter: bool):
     """Pass 1 of GWT-Haar (closed form): moments, limiter and the per-block affine map.
 
     With abar the zero-padded block mean of G over blocks of B = 2**l, the moments are of
     A_l = 2**(l/2) * abar and the update of every entry of block j is
     ``offset_j + slope_j * G`` with ``slope = 1 / denom`` and
     ``offset = 2**(-l/2) * N - abar / denom`` (docs/GWT_MATH.md, "The Haar closed form").
-    Writes the moments, ``offset`` and ``slope`` (m, k); returns the scalar step scale
-    ``step_size * alpha / lam``. Reads G once; the cost does not depend on the level.
+    Updates the moments; returns (offset, slope, scale) with ``scale = step_size * alpha / lam``.
+    Reads G once; the cost does not depend on the level.
     """
-    g3 = haar_blocks(grad.to(offset.dtype), level)  # (m, k, B)
+    g3 = haar_blocks(grad.to(compute_dtype(grad)), level)  # (m, k, B)
     abar = g3.mean(-1)  # (m, k)
     m_new, v_new, denom, normalized = _moments(abar * 2.0 ** (level / 2), exp_avg, exp_avg_sq,
                                                beta1, beta2, eps)
     exp_avg.copy_(m_new)
     exp_avg_sq.copy_(v_new)
-    inv_denom = 1.0 / denom
-    slope.copy_(inv_denom)
-    offset.copy_(normalized * 2.0 ** (-level / 2) - abar * inv_denom)
+    slope = 1.0 / denom
+    offset = normalized * 2.0 ** (-level / 2) - abar * slope
     scale = step_size * alpha
-    return scale / norm_growth_limit(normalized, prev_norm, gamma) if use_limiter else scale
+    if use_limiter:
+        scale = scale / norm_growth_limit(normalized, prev_norm, gamma)
+    return offset, slope, scale
 
 
-def gwt_haar_apply(param, grad, offset, slope, scale, decay, level: int):
-    """Pass 2 of GWT-Haar: ``W = (W - scale * (offset + slope * G)) * (1 - lr * wd)`` blockwise.
-
-    One read of W and G, one write of W: a multiply-add per entry.
-    """
+def haar_apply(param, grad, offset, slope, scale, decay, level: int):
+    """Pass 2 of GWT-Haar: ``W = (W - scale * (offset + slope * G)) * (1 - lr * wd)`` blockwise."""
     rows, n = param.shape
     g3 = haar_blocks(grad.to(offset.dtype), level)  # (m, k, B)
     update = (offset.unsqueeze(-1) + slope.unsqueeze(-1) * g3).reshape(rows, -1)[:, :n]
     new_param = param.to(offset.dtype) - scale * update
     param.copy_(new_param - decay * new_param)
+
+
+def gwt_haar_group(params, grads, exp_avgs, exp_avg_sqs, prev_norms, step_size, decay, beta1: float,
+                   beta2: float, eps: float, alpha: float, gamma: float, level: int, use_limiter: bool):
+    """GWT-Haar for a list of same-shape matrices: one compiled graph, one Python call."""
+    for param, grad, exp_avg, exp_avg_sq, prev_norm in zip(params, grads, exp_avgs, exp_avg_sqs, prev_norms):
+        offset, slope, scale = haar_coefficients(grad, exp_avg, exp_avg_sq, prev_norm, step_size, beta1, beta2,
+                                                 eps, alpha, gamma, level, use_limiter)
+        haar_apply(param, grad, offset, slope, scale, decay, level)
+
+
+def adam_group(params, grads, exp_avgs, exp_avg_sqs, step_size, decay, beta1: float, beta2: float, eps: float):
+    for param, grad, exp_avg, exp_avg_sq in zip(params, grads, exp_avgs, exp_avg_sqs):
+        adam_step(param, grad, exp_avg, exp_avg_sq, step_size, decay, beta1, beta2, eps)
 
 
 def gwt_general_step(param, grad, exp_avg, exp_avg_sq, prev_norm, step_size: float, decay: float,
@@ -148,26 +163,6 @@ class GWTAdamW(GWTOptimizerBase):
     def _fn(self, fn):
         return compiled(fn) if self.use_compile else fn
 
-    @staticmethod
-    def _cpu_haar(p, grad, state, group, offset, slope, step_size: float, decay: float, gamma: float) -> None:
-        """The same two passes through the C kernel (fp32 CPU); the limiter's scalars in Python."""
-        beta1, beta2 = group["betas"]
-        norm_sq = cpu_kernel.haar_step(p, grad, state["exp_avg"], state["exp_avg_sq"], offset, slope,
-                                       group["level"], beta1, beta2, group["eps"])
-        lam = 1.0
-        if group["limiter"] is not None:
-            norm = math.sqrt(norm_sq)
-            lam = max(norm / (state["prev_norm"].item() + 1e-8), gamma) / gamma
-            state["prev_norm"].fill_(norm / lam)
-        cpu_kernel.haar_apply(p, grad, offset, slope, group["level"], step_size * group["alpha"] / lam, decay)
-
-    def _workspace(self, shape, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two approximation-sized scratch buffers, shared by all matrices of that shape (not state)."""
-        key = (tuple(shape), compute_dtype(p), p.device)
-        if key not in self._scratch:
-            self._scratch[key] = torch.empty((2, *shape), dtype=compute_dtype(p), device=p.device)
-        return self._scratch[key].unbind(0)
-
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
@@ -175,37 +170,87 @@ class GWTAdamW(GWTOptimizerBase):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            gwt = group_is_gwt(group)
+            batches: dict[tuple, list] = {}
             for p, grad in self._params_with_grad(group):
                 state = self.state[p]
                 if not state:
                     self._init_state(p, group, state)
                 t = self._increment_step(state)
-                step_size = group["lr"] * bias_correction(t, beta1, beta2)
-                decay = group["lr"] * group["weight_decay"]
-                # Scalars that change between steps are 0-d CPU tensors: graph inputs of the compiled
-                # step, never a reason to recompile, and no device synchronisation.
-                common = (torch.tensor(step_size, dtype=torch.float64), torch.tensor(decay, dtype=torch.float64),
-                          beta1, beta2, group["eps"])
-                if not gwt:
-                    self._fn(adam_step)(p, grad, state["exp_avg"], state["exp_avg_sq"], *common)
-                    continue
-                use_limiter = group["limiter"] is not None
-                prev_norm = state.get("prev_norm", state["exp_avg"])  # unused when the limiter is off
-                gamma = group["limiter"] if use_limiter else 1.0
-                if group["closed_form"] and is_haar_closed_form(group["wavelet"], group["boundary"],
-                                                                p.shape[-1], group["level"]):
-                    offset, slope = self._workspace(state["exp_avg"].shape, p)
-                    if self.use_cpu_kernel and cpu_kernel.applies(p, grad, state["exp_avg"], state["exp_avg_sq"]) \
-                            and cpu_kernel.library() is not None:
-                        self._cpu_haar(p, grad, state, group, offset, slope, step_size, decay, gamma)
-                        continue
-                    scale = self._fn(gwt_haar_coefficients)(
-                        grad, state["exp_avg"], state["exp_avg_sq"], prev_norm, offset, slope, common[0], beta1,
-                        beta2, group["eps"], group["alpha"], gamma, group["level"], use_limiter)
-                    self._fn(gwt_haar_apply)(p, grad, offset, slope, scale, common[1], group["level"])
+                path = self._path(p, grad, state, group)
+                if path == "general":
+                    self._general(p, grad, state, group, t)
+                elif path == "cpu_kernel":
+                    self._cpu_haar(p, grad, state, group, t)
                 else:
-                    gwt_general_step(p, grad, state["exp_avg"], state["exp_avg_sq"], prev_norm, *common,
-                                     group["alpha"], gamma, use_limiter, self.transform_for(p, group))
+                    batches.setdefault((path, t, tuple(p.shape), p.dtype, p.device), []).append((p, grad, state))
+            for (path, t, *_), items in batches.items():
+                for start in range(0, len(items), GROUP_CHUNK):
+                    self._run_batch(path, items[start:start + GROUP_CHUNK], group, t)
         return loss
+
+    def _path(self, p, grad, state, group) -> str:
+        if not group_is_gwt(group):
+            return "adam"
+        if not (group["closed_form"] and is_haar_closed_form(group["wavelet"], group["boundary"], p.shape[-1],
+                                                             group["level"])):
+            return "general"
+        if self.use_cpu_kernel and cpu_kernel.applies(p, grad, state["exp_avg"], state["exp_avg_sq"]) \
+                and cpu_kernel.library() is not None:
+            return "cpu_kernel"
+        return "haar"
+
+    @staticmethod
+    def _scalars(group, t: int):
+        """Step size and decay as 0-d CPU tensors: inputs of the compiled graphs (a new learning
+        rate never recompiles) that no device has to wait for."""
+        beta1, beta2 = group["betas"]
+        step_size = group["lr"] * bias_correction(t, beta1, beta2)
+        decay = group["lr"] * group["weight_decay"]
+        return torch.tensor(step_size, dtype=torch.float64), torch.tensor(decay, dtype=torch.float64)
+
+    def _run_batch(self, path: str, items: list, group: dict, t: int) -> None:
+        params, grads, states = zip(*items)
+        step_size, decay = self._scalars(group, t)
+        beta1, beta2 = group["betas"]
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        if path == "adam":
+            self._fn(adam_group)(list(params), list(grads), exp_avgs, exp_avg_sqs, step_size, decay, beta1, beta2,
+                                 group["eps"])
+            return
+        use_limiter = group["limiter"] is not None
+        prev_norms = [s["prev_norm"] for s in states] if use_limiter else exp_avgs  # unused without limiter
+        self._fn(gwt_haar_group)(list(params), list(grads), exp_avgs, exp_avg_sqs, prev_norms, step_size, decay,
+                                 beta1, beta2, group["eps"], group["alpha"], group["limiter"] or 1.0,
+                                 group["level"], use_limiter)
+
+    def _general(self, p, grad, state, group, t: int) -> None:
+        use_limiter = group["limiter"] is not None
+        step_size, decay = self._scalars(group, t)
+        beta1, beta2 = group["betas"]
+        gwt_general_step(p, grad, state["exp_avg"], state["exp_avg_sq"], state.get("prev_norm"), step_size, decay,
+                         beta1, beta2, group["eps"], group["alpha"], group["limiter"] or 1.0, use_limiter,
+                         self.transform_for(p, group))
+
+    def _cpu_haar(self, p, grad, state, group, t: int) -> None:
+        """The two passes through the C kernel (fp32 CPU); the limiter's scalars in Python."""
+        beta1, beta2 = group["betas"]
+        step_size = group["lr"] * bias_correction(t, beta1, beta2)
+        offset, slope = self._workspace(state["exp_avg"].shape, p)
+        norm_sq = cpu_kernel.haar_step(p, grad, state["exp_avg"], state["exp_avg_sq"], offset, slope,
+                                       group["level"], beta1, beta2, group["eps"])
+        lam = 1.0
+        if group["limiter"] is not None:
+            norm = math.sqrt(norm_sq)
+            lam = max(norm / (state["prev_norm"].item() + 1e-8), group["limiter"]) / group["limiter"]
+            state["prev_norm"].fill_(norm / lam)
+        cpu_kernel.haar_apply(p, grad, offset, slope, group["level"], step_size * group["alpha"] / lam,
+                              group["lr"] * group["weight_decay"])
+
+    def _workspace(self, shape, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two approximation-sized scratch buffers for the C kernel, shared by all matrices of
+        that shape (not state: nothing to save, no per-step allocation)."""
+        key = (tuple(shape), p.device)
+        if key not in self._scratch:
+            self._scratch[key] = torch.empty((2, *shape), dtype=torch.float32, device=p.device)
+        return self._scratch[key].unbind(0)
