@@ -56,8 +56,11 @@ def method_builders(hidden: int, gap: int) -> dict:
     builders = {
         "adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
         "adamw_foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
-        "gwt_haar2_eager": lambda ps: GWTAdamW(ps, lr=1e-3, level=2, compile=False),
+        # The same Haar-2 rule through torch ops only (no C kernel), eager and torch.compile'd.
+        "gwt_haar2_torch_eager": lambda ps: GWTAdamW(ps, lr=1e-3, level=2, compile=False, cpu_kernel=False),
+        "gwt_haar2_torch_compiled": lambda ps: GWTAdamW(ps, lr=1e-3, level=2, compile=True, cpu_kernel=False),
     }
+    # Defaults: the C kernel for fp32 CPU matrices, torch.compile elsewhere (CUDA).
     for level in range(1, 8):
         builders[f"gwt_haar{level}"] = lambda ps, lv=level: GWTAdamW(ps, lr=1e-3, level=lv, compile=True)
     for level in range(1, 4):
