@@ -16,7 +16,23 @@ PRESETS = {  # preset -> (entrypoint config, number of runs)
 }
 
 
+_CACHE: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hydra_configs():
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        yield
+
+
 def sweep_points(primary: str, preset: str) -> list:
+    """Every sweep point of a preset, composed (cached: composing is slow)."""
+    if (primary, preset) not in _CACHE:
+        _CACHE[primary, preset] = _compose_points(primary, preset)
+    return _CACHE[primary, preset]
+
+
+def _compose_points(primary: str, preset: str) -> list:
     base = [f"+sweep={preset}"] + (["task=rte"] if primary == "finetune_glue" else [])
     cfg = compose(primary, overrides=base, return_hydra_config=True)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
@@ -35,18 +51,16 @@ def test_every_preset_exists_and_is_listed():
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_preset_points_are_unique_runs(preset):
     primary, count = PRESETS[preset]
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        points = sweep_points(primary, preset)
+    points = sweep_points(primary, preset)
     assert len(points) == count
     assert len({p.run_name for p in points}) == count  # one run folder per point
 
 
 def test_paper_rows_get_their_optimizer_settings():
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        rows = {p.run_name: p.optimizer for p in sweep_points("train_llama", "fig2")}
-        alphas = sorted(p.optimizer.alpha for p in sweep_points("train_llama", "fig3_alpha"))
-        limiters = {p.run_name: p.optimizer.limiter for p in sweep_points("train_llama", "fig5")}
-        table2 = [p for p in sweep_points("train_llama", "table2")]
+    rows = {p.run_name: p.optimizer for p in sweep_points("train_llama", "fig2")}
+    alphas = sorted(p.optimizer.alpha for p in sweep_points("train_llama", "fig3_alpha"))
+    limiters = {p.run_name: p.optimizer.limiter for p in sweep_points("train_llama", "fig5")}
+    table2 = sweep_points("train_llama", "table2")
     assert rows["llama_130m-haar3"].name == "gwt" and rows["llama_130m-haar3"].level == 3
     assert rows["llama_60m-galore_1_2"].rank == 0.5 and rows["llama_350m-galore_1_8"].rank == 0.125
     assert rows["llama_60m-full_rank"].name == "adamw"
