@@ -20,7 +20,10 @@ def causal_lm_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     predicts label ``t+1`` (the same shift as ``LlamaForCausalLM``'s own loss).
     """
     vocab = logits.shape[-1]
-    shift_logits = logits[:, :-1].reshape(-1, vocab).float()  # (B*(L-1), V)
-    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)  # (B*(L-1),)
-    loss_sum = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss_sum, (shift_labels != IGNORE_INDEX).sum()
+    # Shift the labels, not the logits: slicing (B, L, V) logits would make autograd allocate and
+    # fill a full-size zero gradient; the last position gets label -100 instead.
+    next_labels = torch.full_like(labels, IGNORE_INDEX, device=logits.device)  # (B, L)
+    next_labels[:, :-1] = labels[:, 1:]
+    loss_sum = F.cross_entropy(logits.reshape(-1, vocab).float(), next_labels.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss_sum, (next_labels != IGNORE_INDEX).sum()
