@@ -232,13 +232,19 @@ class Run:
         return None
 
     def glue_score(self) -> float | None:
-        """The paper's metric for this GLUE task, in percent."""
+        """The paper's metric for this GLUE task, in percent.
+
+        finetune_glue.py writes percentages and marks them with a `score` key (the task's metric);
+        results without that key whose value lies in [-1, 1] are read as fractions."""
         if self.task not in GLUE_TASKS:
             return None
-        value = self.metric(*GLUE_TASKS[self.task][1])
+        task_metric = _get(self.config, "task", "metric")
+        names = GLUE_TASKS[self.task][1] + ((task_metric,) if isinstance(task_metric, str) else ()) + ("score",)
+        value = self.metric(*names)
         if value is None:
             return None
-        return value * 100 if abs(value) <= 1.0 else value
+        in_percent = self.metric("score") is not None
+        return value if in_percent or abs(value) > 1.0 else value * 100
 
     def curve(self) -> list[dict]:
         """The parsed metrics.jsonl (empty when the run has none)."""

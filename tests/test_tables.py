@@ -176,3 +176,12 @@ def test_paper_csvs_match_shared_copy():
 def test_run_describe_without_optional_fields():
     run = Run(path=Path("x"), config={}, metrics={}, git_commit="abc")
     assert run.model == "unknown" and run.method == "?" and "unknown machine" in run.describe()
+
+
+def test_glue_percentages_from_finetune_glue_are_not_rescaled():
+    """finetune_glue.py writes percentages with a `score` key: a CoLA MCC of 0.5 % stays 0.5."""
+    run = Run(path=Path("x"), config={"task": {"name": "cola", "metric": "matthews_correlation"}},
+              metrics={"matthews_correlation": 0.5, "score": 0.5}, git_commit="abc")
+    assert run.glue_score() == 0.5
+    fraction = Run(path=Path("y"), config={"task": "cola"}, metrics={"mcc": 0.5}, git_commit="abc")
+    assert fraction.glue_score() == 50.0
