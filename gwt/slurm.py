@@ -123,7 +123,8 @@ class SlurmRequeue:
         if callable(handler):  # the training loop's stop handler: checkpoint after this step, then exit
             handler(STOP_SIGNAL, frame)
             return
-        self._requeue()  # not training yet (or already done): nothing to save
+        if self._should_requeue():  # not training yet (or already done): nothing to save
+            self._requeue()
         raise SystemExit(128 + signum)
 
     def _should_requeue(self) -> bool:
