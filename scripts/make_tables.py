@@ -62,6 +62,9 @@ def pretrain_runs(runs: list[Run]) -> list[Run]:
     return [r for r in runs if r.kind == "pretrain" and not ablation(r)]
 
 
+USED: set[str] = set()  # paths of the runs that fed any cell (for the "not in any table" list)
+
+
 class Cells:
     """Collects which runs fed which cell, for the notes under a table."""
 
@@ -81,6 +84,7 @@ class Cells:
                 self.reduced = True
             for run in runs:
                 self.notes.append(f"{label}: {run.describe(self.budgets.get(run.model))}")
+                USED.add(str(run.root / run.path))
             ours += suffix if suffix and ours != "—" else ""
         return ours_paper(ours, paper, digits, suffix)
 
@@ -309,7 +313,24 @@ def build(tables: list[str], runs: list[Run], paper: dict, est: Estimator) -> li
     builders = {"1": lambda: table1(runs, paper, est), "2": lambda: table2(runs, paper),
                 "3": lambda: table3(runs, paper), "4": lambda: table4(runs, paper, est),
                 "A3": lambda: tableA3(runs, paper), "A4": lambda: tableA4(runs, paper, est)}
-    return [builders[t]() for t in tables]
+    USED.clear()
+    built = [builders[t]() for t in tables]
+    unused = [r for r in runs if str(r.root / r.path) not in USED]
+    if unused:
+        built.append(Table("Runs in no table cell", ["Run", "Kind", "Model", "Method", "Why"],
+                           [[f"`{r.path.as_posix()}`", r.kind, r.model, r.method, _why_unused(r)] for r in unused],
+                           ["Ablation runs (alpha, limiter) feed only the figures (`scripts/plot_curves.py`)."]))
+    return built
+
+
+def _why_unused(run: Run) -> str:
+    if run.kind == "glue":
+        if run.task not in GLUE_ORDER:
+            return f"task {run.task} is not in Table 3"
+        return "not Full-Rank / Haar-2 / GaLore, or not the best lr of its cell"
+    if run not in pretrain_runs([run]):
+        return "an ablation (alpha or limiter differs from the paper's setting)"
+    return "its method has no row in the selected tables"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,7 +103,9 @@ def test_table1_cells_are_ours_paper_with_provenance(markdown):
     assert row[2].endswith("(0.24G)")  # estimated memory beside the paper's
     assert row[3] == "— (22.47)"  # no 130M run
     assert _row(markdown, "Table 1", "Haar-3")[1] == "29.90 (29.81)"  # full-scale run: no dagger
-    assert "99.00" not in markdown.split("### Table 2")[0]  # alpha ablation excluded
+    assert "99.00" not in markdown.split("### Table 2")[0]  # alpha ablation excluded ...
+    unplaced = markdown.split("### Runs in no table cell")[1]
+    assert "`pretrain/alpha01_60m`" in unplaced and "ablation" in unplaced  # ... and listed as such
     assert _row(markdown, "Table 1", "Full-Rank")[-1] == "300.00† (—)"  # tiny: extra column, no paper value
     assert "`pretrain/haar2_60m_s0`" in markdown and "0.12% of the paper's 1.3B" in markdown
     assert "CPU test box" in markdown and "4x NVIDIA GeForce RTX 3090 (torch 2.3.0)" in markdown and "commit 01234567" in markdown
