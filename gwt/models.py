@@ -39,8 +39,11 @@ def roberta_base(num_labels: int, pretrained: str = "FacebookAI/roberta-base",
 
 
 def roberta_tiny(num_labels: int, tokenizer: str, hidden_size: int = 64, num_layers: int = 2,
-                 num_heads: int = 2, intermediate_size: int = 128, max_position_embeddings: int = 514):
-    """A small randomly initialised RoBERTa (for tests) with the real roberta-base tokenizer."""
+                 num_heads: int = 2, intermediate_size: int = 128, max_position_embeddings: int = 514,
+                 dropout: float = 0.1):
+    """A small randomly initialised RoBERTa (for tests) with the real roberta-base tokenizer;
+    ``dropout`` is RoBERTa's hidden and attention dropout (0 makes training deterministic
+    across process counts)."""
     from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
 
     tok = AutoTokenizer.from_pretrained(_hub_or_folder(tokenizer, "model.tokenizer"))
@@ -48,6 +51,7 @@ def roberta_tiny(num_labels: int, tokenizer: str, hidden_size: int = 64, num_lay
         vocab_size=len(tok), hidden_size=hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=num_heads, intermediate_size=intermediate_size,
         max_position_embeddings=max_position_embeddings, type_vocab_size=1,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         num_labels=num_labels, problem_type=_problem_type(num_labels))
     return RobertaForSequenceClassification(config), tok

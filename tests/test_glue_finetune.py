@@ -147,3 +147,24 @@ def test_sigterm_then_resume_matches_an_uninterrupted_run(tmp_path):
     assert losses(split) == losses(full) and len(losses(full)) == 10  # bitwise equal per-step losses
     res_full, res_split = (json.loads((d / "result.json").read_text())["metrics"] for d in (full, split))
     assert res_split["per_epoch"] == res_full["per_epoch"] and len(res_full["per_epoch"]) == 5
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
+    """2 CPU processes (gloo, torchrun) x micro-batch 8 against 1 process x 16, dropout off:
+    per-step losses agree to 1e-5 relative (only float summation order differs)."""
+    args = ["task=rte", *TINY, "trainer.epochs=1", "model.dropout=0.0", "cpu=true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(ROOT / "finetune_glue.py"), *args, f"output_dir={tmp_path / 'one'}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          str(ROOT / "finetune_glue.py"), *args, f"output_dir={tmp_path / 'two'}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    losses = {d: [r["loss"] for r in metrics_lines(tmp_path / d) if "loss" in r] for d in ("one", "two")}
+    assert len(losses["one"]) == 2 and losses["two"] == pytest.approx(losses["one"], rel=1e-5)
+    results = {d: json.loads((tmp_path / d / "result.json").read_text())["metrics"] for d in ("one", "two")}
+    assert results["two"]["world_size"] == 2 and results["one"]["world_size"] == 1
+    # evaluation is shared out over the processes and gathered: same examples, same metric
+    assert results["two"]["score"] == pytest.approx(results["one"]["score"], abs=100 / 24 + 1e-9)
