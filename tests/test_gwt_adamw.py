@@ -271,7 +271,7 @@ def test_cuda_tracks_fp64_reference(compile_step):
     out = {}
     for name, device, dtype, comp in (("fp64", "cpu", torch.float64, False), ("cpu32", "cpu", torch.float32, False),
                                       ("cuda32", "cuda", torch.float32, compile_step)):
-        ps = [torch.nn.Parameter(w.to(device, dtype)) for w in w0]
+        ps = [torch.nn.Parameter(w.to(device, dtype, copy=True)) for w in w0]
         opt = GWTAdamW(ps, lr=1e-2, level=3, weight_decay=0.1, compile=comp, cpu_kernel=False)
         for gs in grads:
             for p, g in zip(ps, gs):
@@ -282,7 +282,7 @@ def test_cuda_tracks_fp64_reference(compile_step):
     err_cuda = (out["cuda32"] - out["fp64"]).norm() / moved
     err_cpu = (out["cpu32"] - out["fp64"]).norm() / moved
     assert err_cuda < 1e-4 and err_cuda < 3 * err_cpu + 1e-6, (err_cuda, err_cpu)
-    pb = torch.nn.Parameter(w0[0].cuda().bfloat16())
+    pb = torch.nn.Parameter(w0[0].to("cuda", torch.bfloat16, copy=True))
     opt = GWTAdamW([pb], lr=1e-2, level=3, compile=compile_step)
     pb.grad = grads[0][0].cuda().bfloat16()
     opt.step()

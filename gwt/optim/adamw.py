@@ -26,7 +26,7 @@ from gwt.optim.base import GWT_DEFAULTS, GWTOptimizerBase
 from gwt.wavelets import haar_blocks, is_haar_closed_form
 
 #: Matrices of one shape are stepped together, up to this many per compiled call.
-GROUP_CHUNK = 16
+GROUP_CHUNK = 8
 
 def _moments(a, exp_avg, exp_avg_sq, beta1: float, beta2: float, eps: float):
     """Adam moments of ``a`` in the compute dtype; returns (M, V, denom, M / denom)."""
