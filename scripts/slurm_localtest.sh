@@ -11,10 +11,11 @@
 #      checked through its result.json;
 #   2. a two-job Hydra multirun through hydra-submitit-launcher (hydra/launcher=slurm,
 #      optimizer=adamw,gwt), both result.json checked;
-#   3. pre-emption: a longer tiny run gets the pre-timeout signal (`scancel --batch --signal=USR1`,
-#      what `#SBATCH --signal=B:USR1@300` sends), checkpoints, is requeued by its batch script,
-#      and finishes by resuming: Restarts=1, "resumed from" in its log, metrics.jsonl steps
-#      1..N each once, result.json complete;
+#   3. pre-emption: a longer tiny run with two processes (torchrun on CPU, as the GPU path runs
+#      accelerate launch) gets the pre-timeout signal (`scancel --batch --signal=USR1`, what
+#      `#SBATCH --signal=B:USR1@300` sends), checkpoints, is requeued by its batch script, and
+#      finishes by resuming: Restarts=1, "resumed from" in its log, metrics.jsonl steps 1..N
+#      each once, result.json complete with world_size 2;
 #   4. the same through submitit: a multirun job sent submitit's signal (USR2) is requeued by the
 #      SlurmRequeue callback and resumes;
 #   5. a submitit job with two tasks trains as one process group (gloo on CPU; world_size 2).
@@ -233,11 +234,12 @@ fi
 # ----------------------------------------------------------------------------- 3+4. pre-emption
 if want preempt; then
 # Both pre-emption cases run side by side (one CPU each).
-log "3. pre-emption of an sbatch job: USR1 to the batch shell -> checkpoint -> requeue -> resume"
+log "3. pre-emption of an sbatch job with 2 processes (torchrun, gloo): USR1 to the batch shell ->" \
+    "checkpoint -> requeue -> resume"
 RUN3=$WORK/runs/preempt_sbatch
-JOB3=$(sbatch --parsable "${SBATCH_LOCAL[@]}" --job-name=preempt --output="$WORK/log/preempt-%j.out" \
-       slurm/pretrain_1node.sbatch "${TINY[@]}" optimizer=gwt trainer.max_steps="$PREEMPT_STEPS" \
-       trainer.eval_every="$PREEMPT_STEPS" output_dir="$RUN3")
+JOB3=$(GWT_CPU=1 GPUS_PER_NODE=2 sbatch --parsable "${SBATCH_LOCAL[@]}" --job-name=preempt \
+       --output="$WORK/log/preempt-%j.out" slurm/pretrain_1node.sbatch "${TINY[@]}" trainer.total_batch_size=8 \
+       optimizer=gwt trainer.max_steps="$PREEMPT_STEPS" trainer.eval_every="$PREEMPT_STEPS" output_dir="$RUN3")
 log "4. pre-emption of a submitit job: USR2 -> SlurmRequeue callback -> checkpoint -> requeue -> resume"
 SWEEP4=$WORK/runs/multirun_preempt
 "$PY" train_llama.py -m hydra/launcher=slurm hydra.sweep.dir="$SWEEP4" \
@@ -263,6 +265,8 @@ restarts=$(job_field "$JOB3" Restarts)
 grep -q "stopped by signal at step" <<<"$OUT3" || { echo "$OUT3"; fail "job $JOB3 did not checkpoint on the signal"; }
 grep -q "resumed from" <<<"$OUT3" || { echo "$OUT3"; fail "requeued job $JOB3 did not resume"; }
 check_result "$RUN3" "$PREEMPT_STEPS"
+"$PY" -c "import json,sys; w=json.load(open(sys.argv[1]))['metrics']['world_size']; assert w == 2, w; print('ok world_size', w)" \
+    "$RUN3/result.json"
 log "sbatch job $JOB3: $(grep -o 'stopped by signal at step [0-9]*' <<<"$OUT3" | head -n 1), Restarts=$restarts," \
     "$(grep -o 'resumed from .* at step [0-9]*' <<<"$OUT3" | head -n 1)"
 

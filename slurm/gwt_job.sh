@@ -29,6 +29,8 @@
 #   GPUS_PER_NODE     processes per node (default: GPUs Slurm gave this node, else 1)
 #   MASTER_PORT       rendezvous port (default: 20000 + job id mod 20000)
 #   GWT_ACCELERATE_ARGS  extra `accelerate launch` flags, e.g. "--mixed_precision bf16"
+#   GWT_CPU=1         CPU processes instead of GPUs (GPUS_PER_NODE per node, gloo): launched with
+#                     torchrun and `cpu=true` (used by scripts/slurm_localtest.sh)
 
 gwt_log() { echo "[gwt-slurm $(date -u +%H:%M:%S)] $*"; }
 
@@ -80,17 +82,22 @@ gwt_launch_cmd() {
         GWT_CMD=(python -u "$entry" "${GWT_ARGS[@]}")
         return
     fi
-    # One launcher per node; SLURM_NODEID is expanded on that node (single quotes below).
-    local quoted
-    quoted=$(printf ' %q' "${GWT_ARGS[@]}")
-    local multi="--multi_gpu"
-    [ "${GWT_CPU:-0}" = 1 ] && multi="--cpu"
+    # One launcher per node; SLURM_NODEID is expanded on that node (escaped below).
     # `trap '' USR1` before exec: the launcher (and its torchrun agent) inherit "ignore USR1", so
     # the forwarded signal stops only the training processes, which install their own handler.
-    GWT_CMD=(bash -c "trap '' USR1; exec accelerate launch $multi ${GWT_ACCELERATE_ARGS:-} \
---num_machines $NUM_NODES --machine_rank \$SLURM_NODEID --num_processes $WORLD_SIZE \
---main_process_ip $MASTER_ADDR --main_process_port $MASTER_PORT --same_network \
-$(printf '%q' "$entry")$quoted")
+    local quoted launcher
+    quoted=$(printf ' %q' "${GWT_ARGS[@]}")
+    if [ "${GWT_CPU:-0}" = 1 ]; then
+        # CPU processes (gloo): torchrun, since `accelerate launch --cpu` starts one process only.
+        launcher="torchrun --nnodes $NUM_NODES --node_rank \$SLURM_NODEID --nproc_per_node $GPUS_PER_NODE \
+--master_addr $MASTER_ADDR --master_port $MASTER_PORT"
+        quoted+=" cpu=true"
+    else
+        launcher="accelerate launch --multi_gpu ${GWT_ACCELERATE_ARGS:-} --num_machines $NUM_NODES \
+--machine_rank \$SLURM_NODEID --num_processes $WORLD_SIZE --main_process_ip $MASTER_ADDR \
+--main_process_port $MASTER_PORT --same_network"
+    fi
+    GWT_CMD=(bash -c "trap '' USR1; exec $launcher $(printf '%q' "$entry")$quoted")
 }
 
 gwt_run_requeueable() {
