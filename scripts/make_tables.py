@@ -183,6 +183,11 @@ TABLE3_METHODS = {"Full-Rank": ("Full-Rank",), "Haar-2": ("Haar-2",), "GaLore": 
                   "LoRA": ()}
 
 
+def _is_row(label: str, row: str, labels: tuple) -> bool:
+    """Whether a run's method label belongs to a Table 3 row (GaLore at any rank is the GaLore row)."""
+    return label in labels or (row == "GaLore" and label.startswith("GaLore"))
+
+
 def _best_lr_group(runs: list[Run]) -> list[Run]:
     """Runs at the learning rate with the best mean score (the paper picks the lr per task)."""
     by_lr: dict = defaultdict(list)
@@ -204,7 +209,7 @@ def table3(runs: list[Run], paper: dict) -> Table:
         row, scores = [method], []
         for task in GLUE_ORDER:
             column = GLUE_TASKS[task][0]
-            fed = _best_lr_group([r for r in glue if r.task == task and r.method in labels])
+            fed = _best_lr_group([r for r in glue if r.task == task and _is_row(r.method, method, labels)])
             values = [r.glue_score() for r in fed]
             row.append(cells.cell(f"{method} / {column}", fed, values, paper_value(rows_csv, "method", method, column)))
             if values:
