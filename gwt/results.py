@@ -257,6 +257,8 @@ class Run:
             parts.append(f"task {self.task}")
             if self.epochs is not None:
                 parts.append(f"{self.epochs:g} epochs (paper {GLUE_PAPER_EPOCHS})")
+            if self.steps is not None:
+                parts.append(f"{self.steps} steps")
         else:
             parts.append(f"data {self.data}")
             if self.steps is not None:
