@@ -90,10 +90,7 @@ class GWTAdafactor(GWTOptimizerBase):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         for group in self.param_groups:
             for p, grad in self._params_with_grad(group):
                 state = self.state[p]

@@ -165,10 +165,7 @@ class GWTAdamW(GWTOptimizerBase):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         for group in self.param_groups:
             batches: dict[tuple, list] = {}
             for p, grad in self._params_with_grad(group):

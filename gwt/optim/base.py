@@ -60,6 +60,14 @@ class GWTOptimizerBase(torch.optim.Optimizer):
         return torch.zeros(shape, dtype=dtype or state_dtype_for(param, self.state_dtype), device=param.device)
 
     @staticmethod
+    def _evaluate(closure):
+        """Run the optional closure (with gradients enabled) and return its loss."""
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
+    @staticmethod
     def _increment_step(state: dict) -> int:
         # Step lives on the CPU (as in torch.optim): reading it never synchronises a GPU.
         state["step"] += 1

@@ -70,10 +70,7 @@ class GWT(GWTOptimizerBase):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._evaluate(closure)
         pending = []
         for group, inner_group in zip(self.param_groups, self.inner.param_groups):
             inner_group["lr"] = group["lr"]
