@@ -1,5 +1,5 @@
-"""Test-wide settings: CPU, no torch.compile unless a test asks for it (compiling a step takes
-10-30 s on 2 cores), offline hub, local data folders."""
+"""Test-wide settings: no torch.compile unless a test asks for it (compiling a step takes 10-30 s
+on 2 cores), offline hub, local data folders."""
 import os
 from pathlib import Path
 

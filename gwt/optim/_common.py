@@ -86,10 +86,13 @@ def group_is_gwt(group: dict) -> bool:
     return group["wavelet"] is not None and group["level"] > 0
 
 
-def compile_enabled(flag: bool | None) -> bool:
-    """``None`` follows the environment variable GWT_COMPILE (default on; ``0`` turns it off)."""
+def compile_enabled(flag: bool | None) -> bool | str:
+    """``True``/``False`` as given; ``None`` follows the environment variable GWT_COMPILE:
+    ``auto`` (default: compile for CUDA tensors only, where inductor's Triton kernels pay off and
+    CPU runs skip 10-40 s of C++ compilation), ``1`` (always) or ``0`` (never)."""
     if flag is None:
-        return os.environ.get("GWT_COMPILE", "1") != "0"
+        value = os.environ.get("GWT_COMPILE", "auto")
+        return "auto" if value == "auto" else value != "0"
     return bool(flag)
 
 

@@ -131,8 +131,9 @@ class GWTAdamW(GWTOptimizerBase):
         closed_form: use the Haar closed form where it applies (False forces the ptwt path).
         state_dtype: None (fp32, fp64 for fp64 parameters), ``"float32"`` or ``"bfloat16"``.
             Arithmetic is fp32 (fp64) whatever the parameter and state dtypes.
-        compile: ``torch.compile`` the per-parameter step (None: environment variable
-            GWT_COMPILE, default on). The ptwt path always runs eagerly.
+        compile: ``torch.compile`` the step of each chunk of same-shape matrices (None:
+            environment variable GWT_COMPILE, default ``auto`` = CUDA tensors only). The ptwt
+            path always runs eagerly.
         cpu_kernel: run the Haar closed form of fp32 CPU matrices through the C kernel
             (gwt/csrc/haar_cpu.c; None: environment variable GWT_CPU_KERNEL, default on).
     """
@@ -160,8 +161,9 @@ class GWTAdamW(GWTOptimizerBase):
         if group_is_gwt(group) and group["limiter"] is not None:
             state["prev_norm"] = torch.full((), float("inf"), dtype=compute_dtype(p), device=p.device)
 
-    def _fn(self, fn):
-        return compiled(fn) if self.use_compile else fn
+    def _fn(self, fn, device: torch.device):
+        use = self.use_compile == "auto" and device.type == "cuda" or self.use_compile is True
+        return compiled(fn) if use else fn
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -212,12 +214,12 @@ class GWTAdamW(GWTOptimizerBase):
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         if path == "adam":
-            self._fn(adam_group)(list(params), list(grads), exp_avgs, exp_avg_sqs, step_size, decay, beta1, beta2,
+            self._fn(adam_group, params[0].device)(list(params), list(grads), exp_avgs, exp_avg_sqs, step_size, decay, beta1, beta2,
                                  group["eps"])
             return
         use_limiter = group["limiter"] is not None
         prev_norms = [s["prev_norm"] for s in states] if use_limiter else exp_avgs  # unused without limiter
-        self._fn(gwt_haar_group)(list(params), list(grads), exp_avgs, exp_avg_sqs, prev_norms, step_size, decay,
+        self._fn(gwt_haar_group, params[0].device)(list(params), list(grads), exp_avgs, exp_avg_sqs, prev_norms, step_size, decay,
                                  beta1, beta2, group["eps"], group["alpha"], group["limiter"] or 1.0,
                                  group["level"], use_limiter)
 
