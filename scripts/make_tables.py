@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from estimate_memory import METHODS, TABLE4_MODELS, Estimator, table_a4  # noqa: E402
+from estimate_memory import METHODS, TABLE4_MODELS, Estimator, estimate, llama_shapes, table_a4  # noqa: E402
 from gwt.results import (  # noqa: E402
     GLUE_PAPER_EPOCHS, GLUE_PAPER_MODEL, GLUE_TASKS, LLAMA_SIZES, PAPER_LLAMA, Run, Table,
     human_count, load_paper, load_runs, mean_cell, ours_paper, paper_value, parse_count,
@@ -306,11 +306,27 @@ def tableA4(runs: list[Run], paper: dict, est: Estimator) -> Table:
     measured = [r for r in runs if r.kind == "pretrain" and r.metric("optimizer_state_bytes") is not None]
     if measured:
         table.notes.append("Measured optimizer-state bytes of runs (result.json `optimizer_state_bytes`, states in "
-                           "the run's own dtype, usually fp32):")
+                           "the run's own dtype) beside the same formula applied to the run's model config and "
+                           "state dtype:")
         for run in measured:
-            table.notes.append(f"{run.method} / {run.size}: {human_count(run.metric('optimizer_state_bytes'))}B "
-                               f"measured, `{run.path.as_posix()}`")
+            bytes_measured = run.metric("optimizer_state_bytes")
+            estimated = run_state_estimate(run)
+            versus = f", {estimated:,} B estimated" if estimated is not None else ""
+            table.notes.append(f"{run.method} / {run.size}: {int(bytes_measured):,} B measured{versus}, "
+                               f"`{run.path.as_posix()}`")
     return table
+
+
+def run_state_estimate(run: Run) -> int | None:
+    """The memory formula on a run's own model config (its sizes and vocabulary) and state dtype."""
+    model = run.config.get("model") or {}
+    keys = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "vocab_size")
+    if run.method not in METHODS or not all(isinstance(model.get(k), int) for k in keys):
+        return None
+    if str(run.optimizer.get("state_dtype") or "float32").replace("torch.", "") not in ("float32", "fp32"):
+        return None
+    shapes = llama_shapes({k: model[k] for k in keys})
+    return estimate(shapes, run.method, state_bytes=4, hidden_size=model["hidden_size"])[1]
 
 
 # ----------------------------------------------------------------------------- main

@@ -187,3 +187,16 @@ def test_glue_percentages_from_finetune_glue_are_not_rescaled():
     assert run.glue_score() == 0.5
     fraction = Run(path=Path("y"), config={"task": "cola"}, metrics={"mcc": 0.5}, git_commit="abc")
     assert fraction.glue_score() == 50.0
+
+
+def test_table_a4_sets_measured_state_bytes_beside_the_formula(tmp_path):
+    dims = {"name": "llama_tiny", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 176,
+            "num_attention_heads": 4, "num_hidden_layers": 2}
+    gwt = {"name": "gwt", "wavelet": "haar", "level": 2, "alpha": 0.25, "lr": 0.01, "state_dtype": None}
+    write_run(tmp_path, "pretrain/tiny_haar2", {"model": dims, "optimizer": gwt, "data": {"name": "c4_local"}},
+              pretrain_metrics(500.0))
+    run = load_runs(tmp_path)[0]
+    estimated = make_tables.run_state_estimate(run)
+    assert estimated == 465548  # = optimizer_state_bytes of a real GWTAdamW on this model (test_estimate_memory)
+    table = make_tables.tableA4([run], load_paper(PAPER), make_tables.Estimator())
+    assert "Haar-2 / tiny: 123,456,789 B measured, 465,548 B estimated" in "\n".join(table.notes)
