@@ -143,10 +143,12 @@ def draw_figure(number: str, runs: list[Run], out_dir: Path, smooth: float = 0.0
     """Write fig<number>.png; None when no run matches any of its panels."""
     title, rows_fn, kind = FIGURE_SPECS[number]
     rows = [(name, panel_runs(runs, select)) for name, select in rows_fn()]
+    # a row whose only curves are the Full-Rank reference compares nothing: leave it out
+    rows = [(name, g) for name, g in rows if any(set(labels) - {"Full-Rank"} for labels in g.values())]
     models = _models([g for _, g in rows])
     if not models:
         return None
-    fig, axes = plt.subplots(len(rows), len(models), figsize=(4.2 * len(models), 3.4 * len(rows)),
+    fig, axes = plt.subplots(len(rows), len(models), figsize=(max(6.0, 4.2 * len(models)), 3.4 * len(rows)),
                              squeeze=False)
     for r, (row_name, grouped) in enumerate(rows):
         for c, model in enumerate(models):
