@@ -21,9 +21,15 @@ from gwt.results import method_label  # noqa: E402
 
 STUDIES = {
     "throughput_llama20m": ("CPU throughput and memory: llama_20m, AdamW vs GWT Haar-2",
-                            "scripts/run_pretrain_cpu.sh throughput"),
+                            "scripts/run_pretrain_cpu.sh throughput",
+                            "Both runs went side by side, one thread each. Peak RSS is the whole process (torch, "
+                            "transformers, datasets, tokenizer included); the optimizer-state column is the measured "
+                            "bytes of the state tensors (`gwt.memory.optimizer_state_bytes`). In llama_20m the two "
+                            "embedding matrices (16.4M of 19.5M parameters) get plain Adam under every method."),
     "imdb": ("IMDb corpus, small LLaMA, same token budget: final validation perplexity",
-             "scripts/run_pretrain_cpu.sh imdb"),
+             "scripts/run_pretrain_cpu.sh imdb",
+             "Each run was started as `scripts/run_pretrain_cpu.sh imdb <name>`; the four ran at the same time, "
+             "one thread each, so tokens/s is shared-machine throughput."),
 }
 ORDER = ("Full-Rank", "Haar-2", "DB2-2", "GaLore-1/4")
 
@@ -72,6 +78,16 @@ def imdb_table(runs: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def setup_line(cfg: dict) -> str:
+    """The shared setting of a study, read from its first run's resolved config."""
+    m, t, d = cfg["model"], cfg["trainer"], cfg["data"]
+    return (f"Setting: {m['name']} (hidden {m['hidden_size']}, {m['num_hidden_layers']} layers, vocabulary "
+            f"{m['vocab_size']}), data `{d['name']}` ({'packed' if d['pack'] else 'truncated/padded'} "
+            f"{t['seq_len']}-token sequences), {t['total_batch_size']} sequences per step, {t['max_steps']} steps, "
+            f"warm-up {t['warmup_ratio']:g} of the steps then {t['scheduler']} to {t['min_lr_ratio']:g}x, "
+            f"precision {cfg['precision']}, seed {cfg['seed']}; evaluation on {t['eval_tokens']:,} validation tokens.")
+
+
 def provenance(runs: list[dict]) -> str:
     lines = []
     for r in runs:
@@ -91,13 +107,13 @@ def render(root: Path) -> str:
              "(each holds `config.yaml`, `metrics.jsonl`, `result.json`). Machine: the project's development "
              "VM, 2 cores of an AMD EPYC (Zen, AVX2, no bf16 units), 23 GiB RAM, shared with other jobs "
              "while these ran, so throughput numbers are indicative (compare within a table).", ""]
-    for name, (title, command) in STUDIES.items():
+    for name, (title, command, note) in STUDIES.items():
         runs = load(root / name)
         if not runs:
             continue
         table = throughput_table(runs) if name.startswith("throughput") else imdb_table(runs)
         parts += [f"## {title}", "", f"Command: `{command}` then `python scripts/pretrain_summary.py --write`.", "",
-                  table, "", "Runs:", provenance(runs), ""]
+                  setup_line(runs[0]["cfg"]), "", table, "", note, "", "Runs:", provenance(runs), ""]
     return "\n".join(parts)
 
 
