@@ -14,6 +14,8 @@ What each figure plots (one panel per model size that has runs; curves from ever
 - Figure 6: validation perplexity vs step of Adafactor and GWT-Adafactor (any optimizer whose
   registry name contains "adafactor").
 The legend of every curve names its run's scale (tokens seen); the subtitle names the data.
+A row of panels is drawn only where some model size has at least two settings to compare; a
+figure with no such row is not written.
 """
 from __future__ import annotations
 
@@ -143,11 +145,13 @@ def draw_figure(number: str, runs: list[Run], out_dir: Path, smooth: float = 0.0
     """Write fig<number>.png; None when no run matches any of its panels."""
     title, rows_fn, kind = FIGURE_SPECS[number]
     rows = [(name, panel_runs(runs, select)) for name, select in rows_fn()]
-    # a row whose only curves are the Full-Rank reference compares nothing: leave it out
-    rows = [(name, g) for name, g in rows if any(set(labels) - {"Full-Rank"} for labels in g.values())]
+    # a row is a comparison: keep it only where some panel has two settings or more
+    rows = [(name, g) for name, g in rows if any(len(labels) >= 2 for labels in g.values())]
     models = _models([g for _, g in rows])
     if not models:
         return None
+    labels = sorted({label for _, g in rows for curves in g.values() for label in curves})
+    colors = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}  # same colour per setting
     fig, axes = plt.subplots(len(rows), len(models), figsize=(max(6.0, 4.2 * len(models)), 3.4 * len(rows)),
                              squeeze=False)
     for r, (row_name, grouped) in enumerate(rows):
@@ -166,7 +170,7 @@ def draw_figure(number: str, runs: list[Run], out_dir: Path, smooth: float = 0.0
                     seed = ""
                     if len(curves[label]) > 1:  # several runs per curve label: tell them apart
                         seed = f", seed {run.seed}" if len(seeds) == len(curves[label]) else f", {run.path.name}"
-                    ax.plot(steps, values, marker="o" if len(steps) < 12 else None, markersize=3,
+                    ax.plot(steps, values, marker="o" if len(steps) < 12 else None, markersize=3, color=colors[label],
                             label=f"{label}{seed} ({human_count(run.tokens)} tok)")
             ax.set_xlabel("step")
             ax.set_ylabel("validation perplexity" if kind == "eval" else "training loss")
@@ -206,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         runs += load_runs(folder)
     for number in args.figures:
         path = draw_figure(number, runs, Path(args.out), args.smooth)
-        print(f"figure {number}: {path}" if path else f"figure {number}: no matching runs, nothing written")
+        print(f"figure {number}: {path}" if path else f"figure {number}: no two settings to compare in the runs, nothing written")
     return 0
 
 

@@ -68,7 +68,7 @@ def test_writes_pngs_and_skips_figures_without_runs(results, tmp_path, capsys):
     out = tmp_path / "figs"
     assert plot_curves.main(["--results", str(results), "--out", str(out), "--smooth", "0.5"]) == 0
     printed = capsys.readouterr().out
-    assert "figure 6: no matching runs" in printed
+    assert "figure 6: no two settings to compare" in printed
     import matplotlib.image as mpimg
 
     for number in ("2", "3", "5"):
