@@ -318,3 +318,22 @@ def test_cpu_kernel_as_accurate_as_torch_path(level, shape, limiter):
     assert err["kernel"] < 1e-4 and err["kernel"] < 3 * err["torch"] + 1e-6, err
     v_err = (out["kernel"][1] - out["fp64"][1]).norm() / out["fp64"][1].norm()
     assert v_err < 1e-6, v_err
+
+
+def test_cpu_kernel_plain_adam_matches_torch_path():
+    """Level-0 groups on fp32 CPU tensors take the C kernel; it follows the torch path."""
+    torch.manual_seed(0)
+    shapes = [(33, 17), (50,)]
+    w0 = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) for s in shapes] for _ in range(5)]
+    out = {}
+    for use_kernel in (True, False):
+        ps = [torch.nn.Parameter(w.clone()) for w in w0]
+        opt = GWTAdamW(ps, lr=1e-2, level=0, weight_decay=0.1, cpu_kernel=use_kernel)
+        for gs in grads:
+            for p, g in zip(ps, gs):
+                p.grad = g
+            opt.step()
+        out[use_kernel] = ps
+    for a, b in zip(out[True], out[False]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -119,3 +119,19 @@ void gwt_haar_pass2(float *param, const float *grad, const float *offset, const 
         else apply_row_any(w, g, off, sl, n, k, block, scale, keep);
     }
 }
+
+/* Plain Adam(W) with the released conventions (level-0 groups): M and V in place,
+ * W = (W - step_size * M / (sqrt(V) + eps)) * keep. */
+void gwt_adam(float *param, const float *grad, float *exp_avg, float *exp_avg_sq, int64_t numel, float beta1,
+              float beta2, float one_minus_beta1, float one_minus_beta2, float eps, float step_size, float keep,
+              int threads) {
+#pragma omp parallel for simd num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < numel; i++) {
+        const float g = grad[i];
+        const float m = exp_avg[i] * beta1 + one_minus_beta1 * g;
+        const float v = exp_avg_sq[i] * beta2 + one_minus_beta2 * g * g;
+        exp_avg[i] = m;
+        exp_avg_sq[i] = v;
+        param[i] = (param[i] - step_size * (m / (sqrtf(v) + eps))) * keep;
+    }
+}

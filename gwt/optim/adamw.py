@@ -134,8 +134,8 @@ class GWTAdamW(GWTOptimizerBase):
         compile: ``torch.compile`` the step of each chunk of same-shape matrices (None:
             environment variable GWT_COMPILE, default ``auto`` = CUDA tensors only). The ptwt
             path always runs eagerly.
-        cpu_kernel: run the Haar closed form of fp32 CPU matrices through the C kernel
-            (gwt/csrc/haar_cpu.c; None: environment variable GWT_CPU_KERNEL, default on).
+        cpu_kernel: step fp32 CPU tensors (the Haar closed form and plain Adam) with the C
+            kernels of gwt/csrc/haar_cpu.c (None: environment variable GWT_CPU_KERNEL, default on).
     """
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
@@ -180,6 +180,11 @@ class GWTAdamW(GWTOptimizerBase):
                     self._general(p, grad, state, group, t)
                 elif path == "cpu_kernel":
                     self._cpu_haar(p, grad, state, group, t)
+                elif path == "cpu_adam":
+                    beta1, beta2 = group["betas"]
+                    cpu_kernel.adam_step(p, grad, state["exp_avg"], state["exp_avg_sq"], beta1, beta2, group["eps"],
+                                         group["lr"] * bias_correction(t, beta1, beta2),
+                                         group["lr"] * group["weight_decay"])
                 else:
                     batches.setdefault((path, t, tuple(p.shape), p.dtype, p.device), []).append((p, grad, state))
             for (path, t, *_), items in batches.items():
@@ -188,15 +193,14 @@ class GWTAdamW(GWTOptimizerBase):
         return loss
 
     def _path(self, p, grad, state, group) -> str:
+        kernel = self.use_cpu_kernel and cpu_kernel.applies(p, grad, state["exp_avg"], state["exp_avg_sq"]) \
+            and cpu_kernel.library() is not None
         if not group_is_gwt(group):
-            return "adam"
+            return "cpu_adam" if kernel else "adam"
         if not (group["closed_form"] and is_haar_closed_form(group["wavelet"], group["boundary"], p.shape[-1],
                                                              group["level"])):
             return "general"
-        if self.use_cpu_kernel and cpu_kernel.applies(p, grad, state["exp_avg"], state["exp_avg_sq"]) \
-                and cpu_kernel.library() is not None:
-            return "cpu_kernel"
-        return "haar"
+        return "cpu_kernel" if kernel else "haar"
 
     @staticmethod
     def _scalars(group, t: int):

@@ -1,5 +1,5 @@
-"""The CPU kernel of the GWT-Haar step (gwt/csrc/haar_cpu.c), built with the system C compiler
-at first use and called through ctypes.
+"""The CPU kernels of the GWT-Haar step and of plain Adam (gwt/csrc/haar_cpu.c), built with the
+system C compiler at first use and called through ctypes.
 
 torch.compile's C++ code for the closed form stays scalar when blocks are shorter than a
 vector (levels 1-2: B = 2 or 4) and ran 3-5x slower than torch's fused AdamW here; this
@@ -51,6 +51,8 @@ def _build() -> ctypes.CDLL:
     lib.gwt_haar_pass1.argtypes = [ptr] * 5 + [i64] * 4 + [f32] * 7 + [ctypes.c_int]
     lib.gwt_haar_pass2.restype = None
     lib.gwt_haar_pass2.argtypes = [ptr] * 4 + [i64] * 4 + [f32] * 2 + [ctypes.c_int]
+    lib.gwt_adam.restype = None
+    lib.gwt_adam.argtypes = [ptr] * 4 + [i64] + [f32] * 7 + [ctypes.c_int]
     return lib
 
 
@@ -91,3 +93,11 @@ def haar_apply(param, grad, offset, slope, level: int, scale: float, decay: floa
     rows, n = param.shape
     library().gwt_haar_pass2(param.data_ptr(), grad.data_ptr(), offset.data_ptr(), slope.data_ptr(), rows, n,
                              offset.shape[-1], 2**level, scale, decay, torch.get_num_threads())
+
+
+def adam_step(param, grad, exp_avg, exp_avg_sq, beta1: float, beta2: float, eps: float, step_size: float,
+              decay: float) -> None:
+    """Plain Adam(W) with the released conventions for one fp32 CPU tensor of any shape."""
+    library().gwt_adam(param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
+                       param.numel(), beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, step_size, 1.0 - decay,
+                       torch.get_num_threads())
