@@ -40,7 +40,7 @@ def score_table(runs: list[dict]) -> list[str]:
         any_run = next(r for (t, _), r in cells.items() if t == task)
         trainer = any_run["config"]["trainer"]
         budget = f"{any_run['metrics']['steps'] * trainer['total_batch_size']} ({any_run['metrics']['steps']} x " \
-                 f"{trainer['total_batch_size']}, {any_run['metrics']['epochs']:g} epoch)"
+                 f"{trainer['total_batch_size']}, {any_run['metrics']['epochs']:.2g} epoch)"
         row = [task, any_run["config"]["task"]["metric"], budget]
         row += [f"{cells[(task, m)]['metrics']['score']:.2f}" if (task, m) in cells else "—" for m in methods]
         if gap:
