@@ -76,8 +76,10 @@ def check_config(cfg: DictConfig, world: int) -> int:
     for key in ("max_steps", "eval_every", "checkpoint_every", "micro_batch_size"):
         if t[key] is not None and (not isinstance(t[key], int) or t[key] < 1):
             raise ValueError(f"trainer.{key}={t[key]!r} must be a positive integer or null")
-    micro = t.micro_batch_size or (t.total_batch_size // world if t.total_batch_size % world == 0 else 0)
-    return gradient_accumulation_steps(t.total_batch_size, micro, world)
+    if t.micro_batch_size is None and t.total_batch_size % world:
+        raise ValueError(f"trainer.total_batch_size={t.total_batch_size} is not divisible by the {world} processes; "
+                         "set trainer.micro_batch_size or change the number of processes")
+    return gradient_accumulation_steps(t.total_batch_size, t.micro_batch_size or t.total_batch_size // world, world)
 
 
 def init_wandb(cfg: DictConfig, run_id: str | None):
