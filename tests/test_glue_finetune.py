@@ -119,7 +119,8 @@ def test_task_is_required_and_checked_by_hydra():
 def _launch(out, *extra):
     cmd = [sys.executable, str(ROOT / "finetune_glue.py"), "task=rte", *TINY, "trainer.epochs=5",
            f"output_dir={out}", *extra]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two runs side by side on a 2-core machine
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.slow
