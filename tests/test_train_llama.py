@@ -51,6 +51,7 @@ def test_tiny_run_writes_metrics_and_result(tmp_path):
     assert (out / "config.yaml").exists() and len(list((out / "checkpoints").iterdir())) == 2
 
 
+@pytest.mark.slow
 def test_eval_loss_is_the_per_token_mean(tmp_path):
     """Recompute the final eval from the saved final weights: sum of token losses / number of tokens."""
     out = tmp_path / "run"
@@ -190,6 +191,7 @@ def test_two_processes_match_one_process(tmp_path):
                 assert rb[key] == pytest.approx(ra[key], rel=1e-4), (ra, rb)
 
 
+@pytest.mark.slow
 def test_pretrain_summary_tables(tmp_path):
     """scripts/pretrain_summary.py renders the run folders' own numbers."""
     sys.path.insert(0, str(ROOT / "scripts"))
