@@ -64,7 +64,10 @@ def method_builders(hidden: int, gap: int) -> dict:
     for level in range(1, 8):
         builders[f"gwt_haar{level}"] = lambda ps, lv=level: GWTAdamW(ps, lr=1e-3, level=lv, compile=True)
     for level in range(1, 4):
+        # db2: the C kernel of gwt/csrc/dwt_cpu.c on fp32 CPU tensors, ptwt's transform elsewhere
         builders[f"gwt_db2_{level}"] = lambda ps, lv=level: GWTAdamW(ps, lr=1e-3, wavelet="db2", level=lv)
+        builders[f"gwt_db2_{level}_ptwt"] = lambda ps, lv=level: GWTAdamW(ps, lr=1e-3, wavelet="db2", level=lv,
+                                                                         cpu_kernel=False)
     builders["galore"] = low_rank("galore_torch", "GaLoreAdamW", scale=0.25)
     builders["apollo"] = low_rank("apollo_torch", "APOLLOAdamW", scale=1.0, scale_type="channel", proj="random")
     builders["fira"] = low_rank("fira", "FiraAdamW", alpha=0.25)

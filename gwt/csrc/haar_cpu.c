@@ -1,36 +1,87 @@
 /* GWT-Haar step on the CPU: the two passes of the closed form for fp32 rows.
  *
  * Pass 1 (gwt_haar_pass1): for every block j of B = 2^level entries of a row, the zero-padded
- * block mean abar, the Adam moments of A = 2^(l/2) * abar, and the affine map of the update,
- * slope = 1 / (sqrt(V) + eps) and offset = 2^(-l/2) * M * slope - abar * slope. Returns the
- * squared norm of M / (sqrt(V) + eps) for the norm-growth limiter.
- * Pass 2 (gwt_haar_pass2): W = (W - scale * (offset + slope * G)) * (1 - decay).
+ * block mean abar and the Adam moments of A = 2^(l/2) * abar (in place). Returns the squared
+ * norm of M / (sqrt(V) + eps) for the norm-growth limiter.
+ * Pass 2 (gwt_haar_pass2): per row, the affine map of the update from the updated moments and
+ * the block means again, slope = 1 / (sqrt(V) + eps), offset = 2^(-l/2) * M * slope - abar * slope;
+ * then W = W - scale * (offset + slope * G) and W -= decay * W.
  *
- * Both read G once and allocate nothing. Loops over blocks are written so that the compiler
- * vectorises them for the common short blocks (B = 2, 4, 8 get their own instances).
- * Built at first use by gwt/optim/cpu_kernel.py.
+ * Memory traffic per entry for B = 4: pass 1 reads G and the moments (4 + 16/4 bytes), pass 2
+ * reads G, W and the moments and writes W (12 + 8/4): 22 bytes against fused AdamW's 28. The
+ * per-row maps live in per-thread scratch of one row, nothing of the matrix size is allocated.
+ * Short blocks (B = 2, 4) use SSE3 horizontal adds and in-register broadcasts; longer ones
+ * vectorise as written. Built at first use by gwt/optim/cpu_kernel.py.
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* Block means of one row into abar[0..k): the last block is zero-padded. */
-#define BLOCK_MEANS(B)                                                                  \
-    static void block_means_##B(const float *g, float *abar, int64_t n, int64_t k) {    \
-        const int64_t full = n / B;                                                     \
-        for (int64_t j = 0; j < full; j++) {                                            \
-            float sum = 0.0f;                                                           \
-            for (int e = 0; e < B; e++) sum += g[j * B + e];                            \
-            abar[j] = sum * (1.0f / B);                                                 \
-        }                                                                               \
-        if (full < k) {                                                                 \
-            float sum = 0.0f;                                                           \
-            for (int64_t e = full * B; e < n; e++) sum += g[e];                         \
-            abar[full] = sum * (1.0f / B);                                              \
-        }                                                                               \
+#define BLOCK_MEANS_TAIL(B)                                                             \
+    if (full < k) {                                                                     \
+        float sum = 0.0f;                                                               \
+        for (int64_t e = full * B; e < n; e++) sum += g[e];                             \
+        abar[full] = sum * (1.0f / B);                                                  \
     }
-BLOCK_MEANS(2)
-BLOCK_MEANS(4)
-BLOCK_MEANS(8)
+
+#if defined(__SSE3__)
+/* Four blocks at a time with SSE3 horizontal adds, which keep the blocks in order for B = 2, 4
+ * (short blocks do not vectorise otherwise). 128-bit on purpose: the loops are memory-bound,
+ * and wider shuffles cross lanes. */
+#include <pmmintrin.h>
+#define HAVE_SSE3 1
+#endif
+
+static void block_means_2(const float *g, float *abar, int64_t n, int64_t k) {
+    const int64_t full = n / 2;
+    int64_t j = 0;
+#ifdef HAVE_SSE3
+    const __m128 half = _mm_set1_ps(0.5f);
+    for (; j + 4 <= full; j += 4)
+        _mm_storeu_ps(abar + j, _mm_mul_ps(_mm_hadd_ps(_mm_loadu_ps(g + 2 * j), _mm_loadu_ps(g + 2 * j + 4)), half));
+#endif
+    for (; j < full; j++) abar[j] = (g[2 * j] + g[2 * j + 1]) * 0.5f;
+    BLOCK_MEANS_TAIL(2)
+}
+
+static void block_means_4(const float *g, float *abar, int64_t n, int64_t k) {
+    const int64_t full = n / 4;
+    int64_t j = 0;
+#ifdef HAVE_SSE3
+    const __m128 quarter = _mm_set1_ps(0.25f);
+    for (; j + 4 <= full; j += 4) {
+        const float *q = g + 4 * j;
+        const __m128 lo = _mm_hadd_ps(_mm_loadu_ps(q), _mm_loadu_ps(q + 4));
+        const __m128 hi = _mm_hadd_ps(_mm_loadu_ps(q + 8), _mm_loadu_ps(q + 12));
+        _mm_storeu_ps(abar + j, _mm_mul_ps(_mm_hadd_ps(lo, hi), quarter));
+    }
+#endif
+    for (; j < full; j++) abar[j] = ((g[4 * j] + g[4 * j + 1]) + (g[4 * j + 2] + g[4 * j + 3])) * 0.25f;
+    BLOCK_MEANS_TAIL(4)
+}
+
+static void block_means_8(const float *g, float *abar, int64_t n, int64_t k) {
+    const int64_t full = n / 8;
+    int64_t j = 0;
+#ifdef HAVE_SSE3
+    const __m128 eighth = _mm_set1_ps(0.125f);
+    for (; j + 4 <= full; j += 4) {
+        const float *q = g + 8 * j;
+        const __m128 b0 = _mm_add_ps(_mm_loadu_ps(q), _mm_loadu_ps(q + 4));
+        const __m128 b1 = _mm_add_ps(_mm_loadu_ps(q + 8), _mm_loadu_ps(q + 12));
+        const __m128 b2 = _mm_add_ps(_mm_loadu_ps(q + 16), _mm_loadu_ps(q + 20));
+        const __m128 b3 = _mm_add_ps(_mm_loadu_ps(q + 24), _mm_loadu_ps(q + 28));
+        _mm_storeu_ps(abar + j, _mm_mul_ps(_mm_hadd_ps(_mm_hadd_ps(b0, b1), _mm_hadd_ps(b2, b3)), eighth));
+    }
+#endif
+    for (; j < full; j++) {
+        float sum = 0.0f;
+        for (int e = 0; e < 8; e++) sum += g[j * 8 + e];
+        abar[j] = sum * (1.0f / 8);
+    }
+    BLOCK_MEANS_TAIL(8)
+}
 
 static void block_means_any(const float *g, float *abar, int64_t n, int64_t k, int64_t block) {
     const float inv_block = 1.0f / (float)block;
@@ -43,81 +94,325 @@ static void block_means_any(const float *g, float *abar, int64_t n, int64_t k, i
     }
 }
 
-double gwt_haar_pass1(const float *grad, float *exp_avg, float *exp_avg_sq, float *offset, float *slope,
-                      int64_t rows, int64_t n, int64_t k, int64_t block, float beta1, float beta2,
-                      float one_minus_beta1, float one_minus_beta2, float eps, float up, float down,
-                      int threads) {
-    /* 1 - beta arrives precomputed in double: 1.0f - 0.999f is off by 1e-5 relative. */
-    double norm_sq = 0.0;
-#pragma omp parallel for num_threads(threads) reduction(+ : norm_sq) schedule(static)
-    for (int64_t i = 0; i < rows; i++) {
-        const float *g = grad + i * n;
-        float *m = exp_avg + i * k, *v = exp_avg_sq + i * k, *off = offset + i * k, *sl = slope + i * k;
-        /* off holds the block means until it is overwritten below */
-        if (block == 2) block_means_2(g, off, n, k);
-        else if (block == 4) block_means_4(g, off, n, k);
-        else if (block == 8) block_means_8(g, off, n, k);
-        else block_means_any(g, off, n, k, block);
-        float row_sq = 0.0f;
-#pragma omp simd reduction(+ : row_sq)
-        for (int64_t j = 0; j < k; j++) {
-            const float abar = off[j];
-            const float a = abar * up;
-            const float mj = m[j] * beta1 + one_minus_beta1 * a;
-            const float vj = v[j] * beta2 + one_minus_beta2 * a * a;
-            const float inv = 1.0f / (sqrtf(vj) + eps);
-            const float normalized = mj * inv;
-            m[j] = mj;
-            v[j] = vj;
-            sl[j] = inv;
-            off[j] = normalized * down - abar * inv;
-            row_sq += normalized * normalized;
-        }
-        norm_sq += row_sq;
-    }
-    return norm_sq;
+static void block_means(const float *g, float *abar, int64_t n, int64_t k, int64_t block) {
+    if (block == 2) block_means_2(g, abar, n, k);
+    else if (block == 4) block_means_4(g, abar, n, k);
+    else if (block == 8) block_means_8(g, abar, n, k);
+    else block_means_any(g, abar, n, k, block);
 }
 
-/* W = (W - (o_j + s_j * G)) * keep over one row, o and s already multiplied by the step scale. */
-#define APPLY_ROW(B)                                                                             \
-    static void apply_row_##B(float *w, const float *g, const float *off, const float *sl,       \
-                              int64_t n, float scale, float keep) {                              \
-        const int64_t full = n / B;                                                              \
-        for (int64_t j = 0; j < full; j++) {                                                     \
-            const float o = off[j] * scale, s = sl[j] * scale;                                   \
-            for (int e = 0; e < B; e++) w[j * B + e] = (w[j * B + e] - (o + s * g[j * B + e])) * keep; \
-        }                                                                                        \
-        if (full * B < n) {                                                                      \
-            const float o = off[full] * scale, s = sl[full] * scale;                             \
-            for (int64_t e = full * B; e < n; e++) w[e] = (w[e] - (o + s * g[e])) * keep;        \
-        }                                                                                        \
+/* Per-thread row scratch of k floats (k * 2 for pass 2); NULL if malloc fails. */
+#define ROW_SCRATCH(count) ((float *)malloc(sizeof(float) * (size_t)(count)))
+
+
+/* W = W - (o_j + s_j * G), then W -= decay * W, over one row; o and s already multiplied by the
+ * step scale. (W - decay * W rather than W * (1 - decay): 1 - decay rounds in fp32.) */
+#define UPDATE(w, o, s, g, decay) do { const float x_ = (w) - ((o) + (s) * (g)); (w) = x_ - (decay) * x_; } while (0)
+
+#ifdef HAVE_SSE3
+/* 4 blocks at a time: each block's (o, s) spread over its entries by in-register shuffles. */
+static inline void update4(float *w, const float *g, __m128 o, __m128 s, __m128 decay) {
+    const __m128 x = _mm_sub_ps(_mm_loadu_ps(w), _mm_add_ps(o, _mm_mul_ps(s, _mm_loadu_ps(g))));
+    _mm_storeu_ps(w, _mm_sub_ps(x, _mm_mul_ps(decay, x)));
+}
+#define LANE(v, i) _mm_shuffle_ps((v), (v), _MM_SHUFFLE(i, i, i, i))
+#endif
+
+static void apply_row_2(float *w, const float *g, const float *off, const float *sl, int64_t n, float scale,
+                        float decay) {
+    const int64_t full = n / 2;
+    int64_t j = 0;
+#ifdef HAVE_SSE3
+    const __m128 sc = _mm_set1_ps(scale), dc = _mm_set1_ps(decay);
+    for (; j + 4 <= full; j += 4) {
+        const __m128 o = _mm_mul_ps(_mm_loadu_ps(off + j), sc), s = _mm_mul_ps(_mm_loadu_ps(sl + j), sc);
+        update4(w + 2 * j, g + 2 * j, _mm_unpacklo_ps(o, o), _mm_unpacklo_ps(s, s), dc);
+        update4(w + 2 * j + 4, g + 2 * j + 4, _mm_unpackhi_ps(o, o), _mm_unpackhi_ps(s, s), dc);
     }
-APPLY_ROW(2)
-APPLY_ROW(4)
-APPLY_ROW(8)
+#endif
+    for (; j < full; j++) {
+        const float o = off[j] * scale, s = sl[j] * scale;
+        UPDATE(w[2 * j], o, s, g[2 * j], decay);
+        UPDATE(w[2 * j + 1], o, s, g[2 * j + 1], decay);
+    }
+    if (full * 2 < n) UPDATE(w[n - 1], off[full] * scale, sl[full] * scale, g[n - 1], decay);
+}
+
+static void apply_row_4(float *w, const float *g, const float *off, const float *sl, int64_t n, float scale,
+                        float decay) {
+    const int64_t full = n / 4;
+    int64_t j = 0;
+#ifdef HAVE_SSE3
+    const __m128 sc = _mm_set1_ps(scale), dc = _mm_set1_ps(decay);
+    for (; j + 4 <= full; j += 4) {
+        const __m128 o = _mm_mul_ps(_mm_loadu_ps(off + j), sc), s = _mm_mul_ps(_mm_loadu_ps(sl + j), sc);
+        float *wj = w + 4 * j;
+        const float *gj = g + 4 * j;
+        update4(wj, gj, LANE(o, 0), LANE(s, 0), dc);
+        update4(wj + 4, gj + 4, LANE(o, 1), LANE(s, 1), dc);
+        update4(wj + 8, gj + 8, LANE(o, 2), LANE(s, 2), dc);
+        update4(wj + 12, gj + 12, LANE(o, 3), LANE(s, 3), dc);
+    }
+#endif
+    for (; j < full; j++) {
+        const float o = off[j] * scale, s = sl[j] * scale;
+        for (int e = 0; e < 4; e++) UPDATE(w[4 * j + e], o, s, g[4 * j + e], decay);
+    }
+    if (full * 4 < n) {
+        const float o = off[full] * scale, s = sl[full] * scale;
+        for (int64_t e = full * 4; e < n; e++) UPDATE(w[e], o, s, g[e], decay);
+    }
+}
+
+static void apply_row_8(float *w, const float *g, const float *off, const float *sl, int64_t n, float scale,
+                        float decay) {
+    const int64_t full = n / 8;
+    int64_t j = 0;
+#ifdef HAVE_SSE3
+    const __m128 dc = _mm_set1_ps(decay);
+    for (; j < full; j++) {
+        const __m128 o = _mm_set1_ps(off[j] * scale), s = _mm_set1_ps(sl[j] * scale);
+        update4(w + 8 * j, g + 8 * j, o, s, dc);
+        update4(w + 8 * j + 4, g + 8 * j + 4, o, s, dc);
+    }
+#endif
+    for (; j < full; j++) {
+        const float o = off[j] * scale, s = sl[j] * scale;
+        for (int e = 0; e < 8; e++) UPDATE(w[j * 8 + e], o, s, g[j * 8 + e], decay);
+    }
+    if (full * 8 < n) {
+        const float o = off[full] * scale, s = sl[full] * scale;
+        for (int64_t e = full * 8; e < n; e++) UPDATE(w[e], o, s, g[e], decay);
+    }
+}
 
 static void apply_row_any(float *w, const float *g, const float *off, const float *sl, int64_t n, int64_t k,
-                          int64_t block, float scale, float keep) {
+                          int64_t block, float scale, float decay) {
     for (int64_t j = 0; j < k; j++) {
         const int64_t start = j * block, stop = start + block < n ? start + block : n;
         const float o = off[j] * scale, s = sl[j] * scale;
 #pragma omp simd
-        for (int64_t e = start; e < stop; e++) w[e] = (w[e] - (o + s * g[e])) * keep;
+        for (int64_t e = start; e < stop; e++) UPDATE(w[e], o, s, g[e], decay);
     }
 }
 
-void gwt_haar_pass2(float *param, const float *grad, const float *offset, const float *slope, int64_t rows,
-                    int64_t n, int64_t k, int64_t block, float scale, float decay, int threads) {
-    const float keep = 1.0f - decay;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < rows; i++) {
-        float *w = param + i * n;
-        const float *g = grad + i * n, *off = offset + i * k, *sl = slope + i * k;
-        if (block == 2) apply_row_2(w, g, off, sl, n, scale, keep);
-        else if (block == 4) apply_row_4(w, g, off, sl, n, scale, keep);
-        else if (block == 8) apply_row_8(w, g, off, sl, n, scale, keep);
-        else apply_row_any(w, g, off, sl, n, k, block, scale, keep);
+/* Blocks j0..k-1 of one row, one at a time: map from the moments and the block sum, then the
+ * update of the block's entries (the tail left by the vector loops and the zero-padded block). */
+static void fused_tail(float *w, const float *g, const float *m, const float *v, int64_t j0, int64_t k, int64_t n,
+                       int64_t block, float eps, float down, float scale, float decay) {
+    const float inv_block = 1.0f / (float)block;
+    for (int64_t j = j0; j < k; j++) {
+        const int64_t start = j * block, stop = start + block < n ? start + block : n;
+        float sum = 0.0f;
+        for (int64_t e = start; e < stop; e++) sum += g[e];
+        const float abar = sum * inv_block, inv = 1.0f / (sqrtf(v[j]) + eps);
+        const float o = ((m[j] * inv) * down - abar * inv) * scale, s = inv * scale;
+        for (int64_t e = start; e < stop; e++) UPDATE(w[e], o, s, g[e], decay);
     }
+}
+
+#ifdef HAVE_SSE3
+/* Pass 2 for B = 2 and 4 in one sweep of registers: four blocks' sums, their maps from the
+ * moments, and the update of their entries from the gradient already loaded. */
+static inline __m128 block_maps(const float *m, const float *v, __m128 abar, __m128 eps, __m128 down,
+                                __m128 scale, __m128 *slope) {
+    const __m128 inv = _mm_div_ps(_mm_set1_ps(1.0f), _mm_add_ps(_mm_sqrt_ps(_mm_loadu_ps(v)), eps));
+    *slope = _mm_mul_ps(inv, scale);
+    const __m128 normalized = _mm_mul_ps(_mm_loadu_ps(m), inv);
+    return _mm_mul_ps(_mm_sub_ps(_mm_mul_ps(normalized, down), _mm_mul_ps(abar, inv)), scale);
+}
+
+static inline void update_reg(float *w, __m128 g, __m128 o, __m128 s, __m128 decay) {
+    const __m128 x = _mm_sub_ps(_mm_loadu_ps(w), _mm_add_ps(o, _mm_mul_ps(s, g)));
+    _mm_storeu_ps(w, _mm_sub_ps(x, _mm_mul_ps(decay, x)));
+}
+
+static int64_t fused_row_4(float *w, const float *g, const float *m, const float *v, int64_t n, float eps,
+                           float down, float scale, float decay) {
+    const int64_t vec = (n / 4) / 4 * 4;
+    const __m128 e_ = _mm_set1_ps(eps), d_ = _mm_set1_ps(down), s_ = _mm_set1_ps(scale),
+                 wd = _mm_set1_ps(decay), quarter = _mm_set1_ps(0.25f);
+    for (int64_t j = 0; j < vec; j += 4) {
+        const float *q = g + 4 * j;
+        const __m128 g0 = _mm_loadu_ps(q), g1 = _mm_loadu_ps(q + 4), g2 = _mm_loadu_ps(q + 8), g3 = _mm_loadu_ps(q + 12);
+        const __m128 abar = _mm_mul_ps(_mm_hadd_ps(_mm_hadd_ps(g0, g1), _mm_hadd_ps(g2, g3)), quarter);
+        __m128 sl;
+        const __m128 o = block_maps(m + j, v + j, abar, e_, d_, s_, &sl);
+        float *wj = w + 4 * j;
+        update_reg(wj, g0, LANE(o, 0), LANE(sl, 0), wd);
+        update_reg(wj + 4, g1, LANE(o, 1), LANE(sl, 1), wd);
+        update_reg(wj + 8, g2, LANE(o, 2), LANE(sl, 2), wd);
+        update_reg(wj + 12, g3, LANE(o, 3), LANE(sl, 3), wd);
+    }
+    return vec;
+}
+
+static int64_t fused_row_2(float *w, const float *g, const float *m, const float *v, int64_t n, float eps,
+                           float down, float scale, float decay) {
+    const int64_t vec = (n / 2) / 4 * 4;
+    const __m128 e_ = _mm_set1_ps(eps), d_ = _mm_set1_ps(down), s_ = _mm_set1_ps(scale),
+                 wd = _mm_set1_ps(decay), half = _mm_set1_ps(0.5f);
+    for (int64_t j = 0; j < vec; j += 4) {
+        const float *q = g + 2 * j;
+        const __m128 g0 = _mm_loadu_ps(q), g1 = _mm_loadu_ps(q + 4);
+        const __m128 abar = _mm_mul_ps(_mm_hadd_ps(g0, g1), half);
+        __m128 sl;
+        const __m128 o = block_maps(m + j, v + j, abar, e_, d_, s_, &sl);
+        update_reg(w + 2 * j, g0, _mm_unpacklo_ps(o, o), _mm_unpacklo_ps(sl, sl), wd);
+        update_reg(w + 2 * j + 4, g1, _mm_unpackhi_ps(o, o), _mm_unpackhi_ps(sl, sl), wd);
+    }
+    return vec;
+}
+
+static int64_t fused_row_8(float *w, const float *g, const float *m, const float *v, int64_t n, float eps,
+                           float down, float scale, float decay) {
+    const int64_t vec = (n / 8) / 4 * 4;
+    const __m128 e_ = _mm_set1_ps(eps), d_ = _mm_set1_ps(down), s_ = _mm_set1_ps(scale),
+                 wd = _mm_set1_ps(decay), eighth = _mm_set1_ps(0.125f);
+    for (int64_t j = 0; j < vec; j += 4) {
+        const float *q = g + 8 * j;
+        __m128 gv[8];
+        for (int r = 0; r < 8; r++) gv[r] = _mm_loadu_ps(q + 4 * r);
+        const __m128 sums = _mm_hadd_ps(_mm_hadd_ps(_mm_add_ps(gv[0], gv[1]), _mm_add_ps(gv[2], gv[3])),
+                                        _mm_hadd_ps(_mm_add_ps(gv[4], gv[5]), _mm_add_ps(gv[6], gv[7])));
+        __m128 sl;
+        const __m128 o = block_maps(m + j, v + j, _mm_mul_ps(sums, eighth), e_, d_, s_, &sl);
+        float *wj = w + 8 * j;
+        update_reg(wj, gv[0], LANE(o, 0), LANE(sl, 0), wd);
+        update_reg(wj + 4, gv[1], LANE(o, 0), LANE(sl, 0), wd);
+        update_reg(wj + 8, gv[2], LANE(o, 1), LANE(sl, 1), wd);
+        update_reg(wj + 12, gv[3], LANE(o, 1), LANE(sl, 1), wd);
+        update_reg(wj + 16, gv[4], LANE(o, 2), LANE(sl, 2), wd);
+        update_reg(wj + 20, gv[5], LANE(o, 2), LANE(sl, 2), wd);
+        update_reg(wj + 24, gv[6], LANE(o, 3), LANE(sl, 3), wd);
+        update_reg(wj + 28, gv[7], LANE(o, 3), LANE(sl, 3), wd);
+    }
+    return vec;
+}
+
+/* Pass 1 for B = 2, 4, 8 in registers: four blocks' means and moments per iteration; returns
+ * the blocks done and adds ||M / denom||^2 of them to *row_sq. */
+static int64_t moments_row(const float *g, float *m, float *v, int64_t n, int64_t block, float beta1, float beta2,
+                           float one_minus_beta1, float one_minus_beta2, float eps, float up, float *row_sq) {
+    const int64_t vec = (n / block) / 4 * 4;
+    const __m128 b1 = _mm_set1_ps(beta1), b2 = _mm_set1_ps(beta2), c1 = _mm_set1_ps(one_minus_beta1),
+                 c2 = _mm_set1_ps(one_minus_beta2), e_ = _mm_set1_ps(eps), u_ = _mm_set1_ps(up),
+                 mean = _mm_set1_ps(1.0f / (float)block), one = _mm_set1_ps(1.0f);
+    __m128 acc = _mm_setzero_ps();
+    for (int64_t j = 0; j < vec; j += 4) {
+        const float *q = g + block * j;
+        __m128 sums;
+        if (block == 2) {
+            sums = _mm_hadd_ps(_mm_loadu_ps(q), _mm_loadu_ps(q + 4));
+        } else if (block == 4) {
+            sums = _mm_hadd_ps(_mm_hadd_ps(_mm_loadu_ps(q), _mm_loadu_ps(q + 4)),
+                               _mm_hadd_ps(_mm_loadu_ps(q + 8), _mm_loadu_ps(q + 12)));
+        } else {
+            const __m128 s0 = _mm_add_ps(_mm_loadu_ps(q), _mm_loadu_ps(q + 4));
+            const __m128 s1 = _mm_add_ps(_mm_loadu_ps(q + 8), _mm_loadu_ps(q + 12));
+            const __m128 s2 = _mm_add_ps(_mm_loadu_ps(q + 16), _mm_loadu_ps(q + 20));
+            const __m128 s3 = _mm_add_ps(_mm_loadu_ps(q + 24), _mm_loadu_ps(q + 28));
+            sums = _mm_hadd_ps(_mm_hadd_ps(s0, s1), _mm_hadd_ps(s2, s3));
+        }
+        const __m128 a = _mm_mul_ps(_mm_mul_ps(sums, mean), u_);
+        const __m128 mj = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(m + j), b1), _mm_mul_ps(c1, a));
+        const __m128 vj = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(v + j), b2), _mm_mul_ps(_mm_mul_ps(c2, a), a));
+        const __m128 normalized = _mm_mul_ps(mj, _mm_div_ps(one, _mm_add_ps(_mm_sqrt_ps(vj), e_)));
+        _mm_storeu_ps(m + j, mj);
+        _mm_storeu_ps(v + j, vj);
+        acc = _mm_add_ps(acc, _mm_mul_ps(normalized, normalized));
+    }
+    acc = _mm_hadd_ps(acc, acc);
+    acc = _mm_hadd_ps(acc, acc);
+    *row_sq += _mm_cvtss_f32(acc);
+    return vec;
+}
+#endif
+
+double gwt_haar_pass1(const float *grad, float *exp_avg, float *exp_avg_sq, int64_t rows, int64_t n, int64_t k,
+                      int64_t block, float beta1, float beta2, float one_minus_beta1, float one_minus_beta2,
+                      float eps, float up, int threads) {
+    /* 1 - beta arrives precomputed in double: 1.0f - 0.999f is off by 1e-5 relative. */
+    double norm_sq = 0.0;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : norm_sq)
+    {
+        float *abar = ROW_SCRATCH(k);
+        if (abar == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < rows; i++) {
+            if (abar == NULL) continue;
+            float *m = exp_avg + i * k, *v = exp_avg_sq + i * k;
+            float row_sq = 0.0f;
+            int64_t j0 = 0;
+#ifdef HAVE_SSE3
+            if (block == 2 || block == 4 || block == 8)
+                j0 = moments_row(grad + i * n, m, v, n, block, beta1, beta2, one_minus_beta1, one_minus_beta2, eps,
+                                 up, &row_sq);
+#endif
+            if (j0 == 0) block_means(grad + i * n, abar, n, k, block);
+            else block_means_any(grad + i * n + j0 * block, abar + j0, n - j0 * block, k - j0, block);
+#pragma omp simd reduction(+ : row_sq)
+            for (int64_t j = j0; j < k; j++) {
+                const float a = abar[j] * up;
+                const float mj = m[j] * beta1 + one_minus_beta1 * a;
+                const float vj = v[j] * beta2 + one_minus_beta2 * a * a;
+                const float normalized = mj * (1.0f / (sqrtf(vj) + eps));
+                m[j] = mj;
+                v[j] = vj;
+                row_sq += normalized * normalized;
+            }
+            norm_sq += row_sq;
+        }
+        free(abar);
+    }
+    return failed ? -1.0 : norm_sq;
+}
+
+int gwt_haar_pass2(float *param, const float *grad, const float *exp_avg, const float *exp_avg_sq, int64_t rows,
+                   int64_t n, int64_t k, int64_t block, float eps, float down, float scale, float decay,
+                   int threads) {
+    int failed = 0;
+#pragma omp parallel num_threads(threads)
+    {
+        float *off = ROW_SCRATCH(2 * k), *sl = off + k;
+        if (off == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < rows; i++) {
+            if (off == NULL) continue;
+            float *w = param + i * n;
+            const float *g = grad + i * n, *m = exp_avg + i * k, *v = exp_avg_sq + i * k;
+#ifdef HAVE_SSE3
+            if (block == 2 || block == 4 || block == 8) {
+                const int64_t done = block == 4   ? fused_row_4(w, g, m, v, n, eps, down, scale, decay)
+                                     : block == 2 ? fused_row_2(w, g, m, v, n, eps, down, scale, decay)
+                                                  : fused_row_8(w, g, m, v, n, eps, down, scale, decay);
+                fused_tail(w, g, m, v, done, k, n, block, eps, down, scale, decay);
+                continue;
+            }
+#endif
+            /* the row's affine map from the updated moments and its block means (G is read anyway) */
+            block_means(g, off, n, k, block);
+#pragma omp simd
+            for (int64_t j = 0; j < k; j++) {
+                const float inv = 1.0f / (sqrtf(v[j]) + eps);
+                sl[j] = inv;
+                off[j] = (m[j] * inv) * down - off[j] * inv;
+            }
+            if (block == 2) apply_row_2(w, g, off, sl, n, scale, decay);
+            else if (block == 4) apply_row_4(w, g, off, sl, n, scale, decay);
+            else if (block == 8) apply_row_8(w, g, off, sl, n, scale, decay);
+            else apply_row_any(w, g, off, sl, n, k, block, scale, decay);
+        }
+        free(off);
+    }
+    return failed;
 }
 
 /* Plain Adam(W) with the released conventions (level-0 groups): M and V in place,

@@ -134,8 +134,9 @@ class GWTAdamW(GWTOptimizerBase):
         compile: ``torch.compile`` the step of each chunk of same-shape matrices (None:
             environment variable GWT_COMPILE, default ``auto`` = CUDA tensors only). The ptwt
             path always runs eagerly.
-        cpu_kernel: step fp32 CPU tensors (the Haar closed form and plain Adam) with the C
-            kernels of gwt/csrc/haar_cpu.c (None: environment variable GWT_CPU_KERNEL, default on).
+        cpu_kernel: step fp32 CPU tensors with the C kernels of gwt/csrc/ (the Haar closed form,
+            any other wavelet with boundary ``zero``, plain Adam; None: environment variable
+            GWT_CPU_KERNEL, default on).
     """
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
@@ -146,7 +147,7 @@ class GWTAdamW(GWTOptimizerBase):
         defaults = dict(GWT_DEFAULTS, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, wavelet=wavelet,
                         level=level, alpha=alpha, boundary=boundary, limiter=limiter, closed_form=closed_form)
         super().__init__(params, defaults, state_dtype=state_dtype, compile=compile)
-        self._scratch: dict = {}
+        self._plans: dict = {}  # (row length, wavelet, level) -> cpu_kernel.DWTPlan
         self.use_cpu_kernel = cpu_kernel_enabled(cpu_kernel)
 
     def _check_group(self, group: dict) -> None:
@@ -180,6 +181,8 @@ class GWTAdamW(GWTOptimizerBase):
                     self._general(p, grad, state, group, t)
                 elif path == "cpu_kernel":
                     self._cpu_haar(p, grad, state, group, t)
+                elif path == "cpu_dwt":
+                    self._cpu_dwt(p, grad, state, group, t)
                 elif path == "cpu_adam":
                     beta1, beta2 = group["betas"]
                     cpu_kernel.adam_step(p, grad, state["exp_avg"], state["exp_avg_sq"], beta1, beta2, group["eps"],
@@ -199,6 +202,8 @@ class GWTAdamW(GWTOptimizerBase):
             return "cpu_adam" if kernel else "adam"
         if not (group["closed_form"] and is_haar_closed_form(group["wavelet"], group["boundary"], p.shape[-1],
                                                              group["level"])):
+            if kernel and cpu_kernel.DWTPlan.supports(group["wavelet"], group["boundary"], group["level"]):
+                return "cpu_dwt"
             return "general"
         return "cpu_kernel" if kernel else "haar"
 
@@ -239,21 +244,32 @@ class GWTAdamW(GWTOptimizerBase):
         """The two passes through the C kernel (fp32 CPU); the limiter's scalars in Python."""
         beta1, beta2 = group["betas"]
         step_size = group["lr"] * bias_correction(t, beta1, beta2)
-        offset, slope = self._workspace(state["exp_avg"].shape, p)
-        norm_sq = cpu_kernel.haar_step(p, grad, state["exp_avg"], state["exp_avg_sq"], offset, slope,
-                                       group["level"], beta1, beta2, group["eps"])
-        lam = 1.0
-        if group["limiter"] is not None:
-            norm = math.sqrt(norm_sq)
-            lam = max(norm / (state["prev_norm"].item() + 1e-8), group["limiter"]) / group["limiter"]
-            state["prev_norm"].fill_(norm / lam)
-        cpu_kernel.haar_apply(p, grad, offset, slope, group["level"], step_size * group["alpha"] / lam,
-                              group["lr"] * group["weight_decay"])
+        norm_sq = cpu_kernel.haar_step(p, grad, state["exp_avg"], state["exp_avg_sq"], group["level"], beta1, beta2,
+                                       group["eps"])
+        lam = self._limit(state, group, norm_sq)
+        cpu_kernel.haar_apply(p, grad, state["exp_avg"], state["exp_avg_sq"], group["level"], group["eps"],
+                              step_size * group["alpha"] / lam, group["lr"] * group["weight_decay"])
 
-    def _workspace(self, shape, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two approximation-sized scratch buffers for the C kernel, shared by all matrices of
-        that shape (not state: nothing to save, no per-step allocation)."""
-        key = (tuple(shape), p.device)
-        if key not in self._scratch:
-            self._scratch[key] = torch.empty((2, *shape), dtype=torch.float32, device=p.device)
-        return self._scratch[key].unbind(0)
+    def _cpu_dwt(self, p, grad, state, group, t: int) -> None:
+        """Any wavelet with boundary ``zero`` through the C kernel (fp32 CPU): the multi-level
+        transform of each row runs in per-thread scratch, two passes as for Haar."""
+        beta1, beta2 = group["betas"]
+        key = ("dwt", p.shape[-1], group["wavelet"], group["level"])
+        if key not in self._plans:
+            self._plans[key] = cpu_kernel.DWTPlan(p.shape[-1], group["wavelet"], group["level"])
+        plan = self._plans[key]
+        norm_sq = plan.step(grad, state["exp_avg"], state["exp_avg_sq"], beta1, beta2, group["eps"])
+        lam = self._limit(state, group, norm_sq)
+        plan.apply(p, grad, state["exp_avg"], state["exp_avg_sq"], group["eps"],
+                   group["lr"] * bias_correction(t, beta1, beta2) * group["alpha"] / lam,
+                   group["lr"] * group["weight_decay"])
+
+    @staticmethod
+    def _limit(state, group, norm_sq: float) -> float:
+        """The norm-growth limiter's lam from ||M / denom||^2 (1 without limiter); updates prev_norm."""
+        if group["limiter"] is None:
+            return 1.0
+        norm = math.sqrt(norm_sq)
+        lam = max(norm / (state["prev_norm"].item() + 1e-8), group["limiter"]) / group["limiter"]
+        state["prev_norm"].fill_(norm / lam)
+        return lam

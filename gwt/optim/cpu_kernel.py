@@ -1,5 +1,6 @@
-"""The CPU kernels of the GWT-Haar step and of plain Adam (gwt/csrc/haar_cpu.c), built with the
-system C compiler at first use and called through ctypes.
+"""The CPU kernels of the GWT step (Haar closed form: gwt/csrc/haar_cpu.c; any other wavelet
+with boundary ``zero``: gwt/csrc/dwt_cpu.c) and of plain Adam, built with the system C compiler
+at first use and called through ctypes.
 
 torch.compile's C++ code for the closed form stays scalar when blocks are shorter than a
 vector (levels 1-2: B = 2 or 4) and ran 3-5x slower than torch's fused AdamW here; this
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).resolve().parents[1] / "csrc" / "haar_cpu.c"
+SOURCES = [Path(__file__).resolve().parents[1] / "csrc" / name for name in ("haar_cpu.c", "dwt_cpu.c")]
 _lock = threading.Lock()
 _lib = None
 _failed: str | None = None
@@ -32,27 +33,31 @@ def _cache_dir() -> Path:
 
 
 def _build() -> ctypes.CDLL:
-    code = SOURCE.read_bytes()
+    code = b"".join(source.read_bytes() for source in SOURCES)
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler (cc/gcc) found")
     flags = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-lm"]
     tag = hashlib.sha256(code + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"haar_cpu_{tag}.so"
+    target = _cache_dir() / f"gwt_cpu_{tag}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             out = Path(tmp) / target.name
-            subprocess.run([compiler, *flags, str(SOURCE), "-o", str(out)], check=True, capture_output=True)
+            subprocess.run([compiler, *flags, *map(str, SOURCES), "-o", str(out)], check=True, capture_output=True)
             os.replace(out, target)  # atomic: concurrent builders never load a half-written file
     lib = ctypes.CDLL(str(target))
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.gwt_haar_pass1.restype = ctypes.c_double
-    lib.gwt_haar_pass1.argtypes = [ptr] * 5 + [i64] * 4 + [f32] * 7 + [ctypes.c_int]
-    lib.gwt_haar_pass2.restype = None
-    lib.gwt_haar_pass2.argtypes = [ptr] * 4 + [i64] * 4 + [f32] * 2 + [ctypes.c_int]
+    lib.gwt_haar_pass1.argtypes = [ptr] * 3 + [i64] * 4 + [f32] * 6 + [ctypes.c_int]
+    lib.gwt_haar_pass2.restype = ctypes.c_int
+    lib.gwt_haar_pass2.argtypes = [ptr] * 4 + [i64] * 4 + [f32] * 4 + [ctypes.c_int]
     lib.gwt_adam.restype = None
     lib.gwt_adam.argtypes = [ptr] * 4 + [i64] + [f32] * 7 + [ctypes.c_int]
+    lib.gwt_dwt_pass1.restype = ctypes.c_double
+    lib.gwt_dwt_pass1.argtypes = [ptr] * 3 + [i64, ptr, i64] + [ptr] * 4 + [i64] + [f32] * 5 + [ctypes.c_int]
+    lib.gwt_dwt_pass2.restype = ctypes.c_int
+    lib.gwt_dwt_pass2.argtypes = [ptr] * 4 + [i64, ptr, i64] + [ptr] * 4 + [i64] + [f32] * 3 + [ctypes.c_int]
     return lib
 
 
@@ -79,20 +84,25 @@ def applies(*tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
 
 
-def haar_step(param, grad, exp_avg, exp_avg_sq, offset, slope, level: int, beta1: float, beta2: float,
-              eps: float) -> float:
-    """Pass 1 for one matrix; returns ||M / denom||^2 (the limiter's input)."""
+def haar_step(param, grad, exp_avg, exp_avg_sq, level: int, beta1: float, beta2: float, eps: float) -> float:
+    """Pass 1 for one matrix: moments in place; returns ||M / denom||^2 (the limiter's input)."""
     rows, n = param.shape
-    k = exp_avg.shape[-1]
-    return library().gwt_haar_pass1(
-        grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), offset.data_ptr(), slope.data_ptr(),
-        rows, n, k, 2**level, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, 2.0 ** (level / 2), 2.0 ** (-level / 2), torch.get_num_threads())
+    norm_sq = library().gwt_haar_pass1(
+        grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), rows, n, exp_avg.shape[-1], 2**level,
+        beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, 2.0 ** (level / 2), torch.get_num_threads())
+    if norm_sq < 0:
+        raise MemoryError("gwt_haar_pass1: could not allocate its per-thread row scratch")
+    return norm_sq
 
 
-def haar_apply(param, grad, offset, slope, level: int, scale: float, decay: float) -> None:
+def haar_apply(param, grad, exp_avg, exp_avg_sq, level: int, eps: float, scale: float, decay: float) -> None:
+    """Pass 2: W = W - scale * (offset + slope * G), then W -= decay * W (maps from the moments)."""
     rows, n = param.shape
-    library().gwt_haar_pass2(param.data_ptr(), grad.data_ptr(), offset.data_ptr(), slope.data_ptr(), rows, n,
-                             offset.shape[-1], 2**level, scale, decay, torch.get_num_threads())
+    failed = library().gwt_haar_pass2(param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
+                                      rows, n, exp_avg.shape[-1], 2**level, eps, 2.0 ** (-level / 2), scale, decay,
+                                      torch.get_num_threads())
+    if failed:
+        raise MemoryError("gwt_haar_pass2: could not allocate its per-thread row scratch")
 
 
 def adam_step(param, grad, exp_avg, exp_avg_sq, beta1: float, beta2: float, eps: float, step_size: float,
@@ -101,3 +111,54 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, beta1: float, beta2: float, eps:
     library().gwt_adam(param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
                        param.numel(), beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, step_size, 1.0 - decay,
                        torch.get_num_threads())
+
+
+#: Longest filter the general kernel takes (its per-phase filter tables hold 64 taps).
+MAX_FILTER = 128
+MAX_LEVEL = 32
+
+
+class DWTPlan:
+    """Filters and coefficient lengths of one (row length, wavelet, level): what the general
+    kernel needs besides the tensors, built once per shape."""
+
+    def __init__(self, n: int, wavelet: str, level: int):
+        import pywt
+
+        from gwt.wavelets import approx_lengths
+
+        w = pywt.Wavelet(wavelet)
+        self.flen = w.dec_len
+        self.lens = torch.tensor([n, *approx_lengths(n, wavelet, level, "zero")], dtype=torch.int64)
+        self.level = level
+        # dec_lo, dec_hi, rec_lo, rec_hi as fp32 (float64 filters rounded once)
+        self.filters = torch.tensor([w.dec_lo, w.dec_hi, w.rec_lo, w.rec_hi], dtype=torch.float32)
+
+    @staticmethod
+    def supports(wavelet: str, boundary: str, level: int) -> bool:
+        import pywt
+
+        flen = pywt.Wavelet(wavelet).dec_len
+        return boundary == "zero" and flen % 2 == 0 and flen <= MAX_FILTER and level <= MAX_LEVEL
+
+    def _filter_ptrs(self):
+        return [self.filters[i].data_ptr() for i in range(4)]
+
+    def step(self, grad, exp_avg, exp_avg_sq, beta1: float, beta2: float, eps: float) -> float:
+        """Pass 1 for one matrix: moments of A_L in place; returns ||M / denom||^2."""
+        norm_sq = library().gwt_dwt_pass1(
+            grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), grad.shape[0], self.lens.data_ptr(),
+            self.level, *self._filter_ptrs(), self.flen, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps,
+            torch.get_num_threads())
+        if norm_sq < 0:
+            raise MemoryError("gwt_dwt_pass1: could not allocate its per-thread scratch rows")
+        return norm_sq
+
+    def apply(self, param, grad, exp_avg, exp_avg_sq, eps: float, scale: float, decay: float) -> None:
+        """Pass 2: W = (W - scale * synthesis(N, D / denom)) * (1 - decay)."""
+        failed = library().gwt_dwt_pass2(
+            param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), param.shape[0],
+            self.lens.data_ptr(), self.level, *self._filter_ptrs(), self.flen, eps, scale, decay,
+            torch.get_num_threads())
+        if failed:
+            raise MemoryError("gwt_dwt_pass2: could not allocate its per-thread scratch rows")
