@@ -367,6 +367,29 @@ def test_cpu_dwt_kernel_only_for_zero_boundary():
         assert opt._path(p, p.grad, opt.state[p], opt.param_groups[0]) == path
 
 
+def test_cpu_kernel_batches_same_shape_matrices():
+    """Same-shape matrices share one kernel call per pass; each keeps its own limiter state and
+    step size, so the result equals stepping each matrix alone through the torch path."""
+    torch.manual_seed(3)
+    shapes = [(12, 64), (12, 64), (12, 64), (7, 40)]
+    w0 = [torch.randn(s) for s in shapes]
+    grads = [[torch.randn(s) * (1 + 3 * i) * (1 + t) for i, s in enumerate(shapes)] for t in range(4)]
+    out = {}
+    for use_kernel in (True, False):
+        ps = [torch.nn.Parameter(w.clone()) for w in w0]
+        opt = GWTAdamW(ps, lr=1e-2, level=2, weight_decay=0.1, cpu_kernel=use_kernel)
+        for gs in grads:
+            for p, g in zip(ps, gs):
+                p.grad = g
+            opt.step()
+        out[use_kernel] = (ps, [opt.state[p]["prev_norm"].item() for p in ps])
+    for a, b, w in zip(out[True][0], out[False][0], w0):  # fp32 rounding, relative to the distance moved
+        assert ((a - b).norm() / (b - w).norm()).item() < 1e-5
+    prev = out[True][1]
+    assert len(set(round(x, 3) for x in prev)) == len(prev)  # one limiter state per matrix
+    torch.testing.assert_close(torch.tensor(prev), torch.tensor(out[False][1]), rtol=1e-5, atol=0)
+
+
 def test_cpu_kernel_plain_adam_matches_torch_path():
     """Level-0 groups on fp32 CPU tensors take the C kernel; it follows the torch path."""
     torch.manual_seed(0)

@@ -57,10 +57,9 @@ static void split_phases(const float *x, int64_t len, int64_t h, float *xe, floa
     int64_t t = 0;
     for (; t < lead && t < span; t++) xe[t] = xo[t] = 0.0f;
     const int64_t stop = lead + pairs < span ? lead + pairs : span;
-    const float *src = x - 2 * lead;
     for (; t < stop; t++) {
-        xe[t] = src[2 * t];
-        xo[t] = src[2 * t + 1];
+        xe[t] = x[2 * (t - lead)];
+        xo[t] = x[2 * (t - lead) + 1];
     }
     for (; t < span; t++) {
         const int64_t i = 2 * (t - lead);

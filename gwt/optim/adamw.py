@@ -149,6 +149,7 @@ class GWTAdamW(GWTOptimizerBase):
         super().__init__(params, defaults, state_dtype=state_dtype, compile=compile)
         self._plans: dict = {}  # (row length, wavelet, level) -> cpu_kernel.DWTPlan
         self.use_cpu_kernel = cpu_kernel_enabled(cpu_kernel)
+        self._kernel: bool | None = None  # C kernels loaded? (set at the first step that could use them)
 
     def _check_group(self, group: dict) -> None:
         group["betas"] = check_betas(group["betas"])
@@ -179,25 +180,24 @@ class GWTAdamW(GWTOptimizerBase):
                 path = self._path(p, grad, state, group)
                 if path == "general":
                     self._general(p, grad, state, group, t)
-                elif path == "cpu_kernel":
-                    self._cpu_haar(p, grad, state, group, t)
                 elif path == "cpu_dwt":
                     self._cpu_dwt(p, grad, state, group, t)
-                elif path == "cpu_adam":
-                    beta1, beta2 = group["betas"]
-                    cpu_kernel.adam_step(p, grad, state["exp_avg"], state["exp_avg_sq"], beta1, beta2, group["eps"],
-                                         group["lr"] * bias_correction(t, beta1, beta2),
-                                         group["lr"] * group["weight_decay"])
-                else:
-                    batches.setdefault((path, t, tuple(p.shape), p.dtype, p.device), []).append((p, grad, state))
+                else:  # batched: same-shape matrices together (plain Adam: any shapes)
+                    shape = () if path == "cpu_adam" else tuple(p.shape)
+                    batches.setdefault((path, t, shape, p.dtype, p.device), []).append((p, grad, state))
             for (path, t, *_), items in batches.items():
-                for start in range(0, len(items), GROUP_CHUNK):
-                    self._run_batch(path, items[start:start + GROUP_CHUNK], group, t)
+                if path == "cpu_kernel":
+                    self._cpu_haar(items, group, t)
+                elif path == "cpu_adam":
+                    self._cpu_adam(items, group, t)
+                else:
+                    for start in range(0, len(items), GROUP_CHUNK):
+                        self._run_batch(path, items[start:start + GROUP_CHUNK], group, t)
         return loss
 
     def _path(self, p, grad, state, group) -> str:
         kernel = self.use_cpu_kernel and cpu_kernel.applies(p, grad, state["exp_avg"], state["exp_avg_sq"]) \
-            and cpu_kernel.library() is not None
+            and self._kernel_built()
         if not group_is_gwt(group):
             return "cpu_adam" if kernel else "adam"
         if not (group["closed_form"] and is_haar_closed_form(group["wavelet"], group["boundary"], p.shape[-1],
@@ -206,6 +206,12 @@ class GWTAdamW(GWTOptimizerBase):
                 return "cpu_dwt"
             return "general"
         return "cpu_kernel" if kernel else "haar"
+
+    def _kernel_built(self) -> bool:
+        """Whether the C kernels loaded (looked up once per optimizer)."""
+        if self._kernel is None:
+            self._kernel = cpu_kernel.library() is not None
+        return self._kernel
 
     @staticmethod
     def _scalars(group, t: int):
@@ -240,15 +246,25 @@ class GWTAdamW(GWTOptimizerBase):
                          beta1, beta2, group["eps"], group["alpha"], group["limiter"] or 1.0, use_limiter,
                          self.transform_for(p, group))
 
-    def _cpu_haar(self, p, grad, state, group, t: int) -> None:
-        """The two passes through the C kernel (fp32 CPU); the limiter's scalars in Python."""
+    def _cpu_haar(self, items: list, group: dict, t: int) -> None:
+        """Same-shape fp32 CPU matrices through the C kernel, each pass one call for all of them;
+        the limiter's scalars in Python."""
+        params, grads, states = zip(*items)
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         beta1, beta2 = group["betas"]
         step_size = group["lr"] * bias_correction(t, beta1, beta2)
-        norm_sq = cpu_kernel.haar_step(p, grad, state["exp_avg"], state["exp_avg_sq"], group["level"], beta1, beta2,
-                                       group["eps"])
-        lam = self._limit(state, group, norm_sq)
-        cpu_kernel.haar_apply(p, grad, state["exp_avg"], state["exp_avg_sq"], group["level"], group["eps"],
-                              step_size * group["alpha"] / lam, group["lr"] * group["weight_decay"])
+        norms_sq = cpu_kernel.haar_step(grads, exp_avgs, exp_avg_sqs, group["level"], beta1, beta2, group["eps"])
+        scales = [step_size * group["alpha"] / self._limit(s, group, nsq) for s, nsq in zip(states, norms_sq)]
+        cpu_kernel.haar_apply(params, grads, exp_avgs, exp_avg_sqs, group["level"], group["eps"], scales,
+                              group["lr"] * group["weight_decay"])
+
+    def _cpu_adam(self, items: list, group: dict, t: int) -> None:
+        params, grads, states = zip(*items)
+        beta1, beta2 = group["betas"]
+        cpu_kernel.adam_step(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                             beta1, beta2, group["eps"], group["lr"] * bias_correction(t, beta1, beta2),
+                             group["lr"] * group["weight_decay"])
 
     def _cpu_dwt(self, p, grad, state, group, t: int) -> None:
         """Any wavelet with boundary ``zero`` through the C kernel (fp32 CPU): the multi-level

@@ -70,5 +70,6 @@ class GWTOptimizerBase(torch.optim.Optimizer):
     @staticmethod
     def _increment_step(state: dict) -> int:
         # Step lives on the CPU (as in torch.optim): reading it never synchronises a GPU.
-        state["step"] += 1
-        return int(state["step"].item())
+        t = int(state["step"].item()) + 1
+        state["step"].fill_(t)
+        return t

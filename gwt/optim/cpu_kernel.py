@@ -48,12 +48,12 @@ def _build() -> ctypes.CDLL:
             os.replace(out, target)  # atomic: concurrent builders never load a half-written file
     lib = ctypes.CDLL(str(target))
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    lib.gwt_haar_pass1.restype = ctypes.c_double
-    lib.gwt_haar_pass1.argtypes = [ptr] * 3 + [i64] * 4 + [f32] * 6 + [ctypes.c_int]
+    lib.gwt_haar_pass1.restype = ctypes.c_int
+    lib.gwt_haar_pass1.argtypes = [i64] + [ptr] * 3 + [i64] * 4 + [f32] * 6 + [ptr, ctypes.c_int]
     lib.gwt_haar_pass2.restype = ctypes.c_int
-    lib.gwt_haar_pass2.argtypes = [ptr] * 4 + [i64] * 4 + [f32] * 4 + [ctypes.c_int]
+    lib.gwt_haar_pass2.argtypes = [i64] + [ptr] * 4 + [i64] * 4 + [f32] * 2 + [ptr, f32, ctypes.c_int]
     lib.gwt_adam.restype = None
-    lib.gwt_adam.argtypes = [ptr] * 4 + [i64] + [f32] * 7 + [ctypes.c_int]
+    lib.gwt_adam.argtypes = [i64] + [ptr] * 5 + [f32] * 7 + [ctypes.c_int]
     lib.gwt_dwt_pass1.restype = ctypes.c_double
     lib.gwt_dwt_pass1.argtypes = [ptr] * 3 + [i64, ptr, i64] + [ptr] * 4 + [i64] + [f32] * 5 + [ctypes.c_int]
     lib.gwt_dwt_pass2.restype = ctypes.c_int
@@ -84,33 +84,46 @@ def applies(*tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
 
 
-def haar_step(param, grad, exp_avg, exp_avg_sq, level: int, beta1: float, beta2: float, eps: float) -> float:
-    """Pass 1 for one matrix: moments in place; returns ||M / denom||^2 (the limiter's input)."""
-    rows, n = param.shape
-    norm_sq = library().gwt_haar_pass1(
-        grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), rows, n, exp_avg.shape[-1], 2**level,
-        beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, 2.0 ** (level / 2), torch.get_num_threads())
-    if norm_sq < 0:
+def _addresses(tensors) -> torch.Tensor:
+    """The data addresses of a list of tensors, as the int64 table the batch kernels take."""
+    return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64)
+
+
+def haar_step(grads, exp_avgs, exp_avg_sqs, level: int, beta1: float, beta2: float, eps: float) -> list[float]:
+    """Pass 1 for same-shape matrices (one parallel region): moments in place; returns each
+    matrix's ||M / denom||^2 (the limiter's input)."""
+    rows, n = grads[0].shape
+    norms_sq = torch.zeros(len(grads), dtype=torch.float64)
+    tables = [_addresses(ts) for ts in (grads, exp_avgs, exp_avg_sqs)]
+    failed = library().gwt_haar_pass1(
+        len(grads), *(t.data_ptr() for t in tables), rows, n, exp_avgs[0].shape[-1], 2**level,
+        beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, 2.0 ** (level / 2), norms_sq.data_ptr(), torch.get_num_threads())
+    if failed:
         raise MemoryError("gwt_haar_pass1: could not allocate its per-thread row scratch")
-    return norm_sq
+    return norms_sq.tolist()
 
 
-def haar_apply(param, grad, exp_avg, exp_avg_sq, level: int, eps: float, scale: float, decay: float) -> None:
-    """Pass 2: W = W - scale * (offset + slope * G), then W -= decay * W (maps from the moments)."""
-    rows, n = param.shape
-    failed = library().gwt_haar_pass2(param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
-                                      rows, n, exp_avg.shape[-1], 2**level, eps, 2.0 ** (-level / 2), scale, decay,
+def haar_apply(params, grads, exp_avgs, exp_avg_sqs, level: int, eps: float, scales: list[float],
+               decay: float) -> None:
+    """Pass 2 for same-shape matrices: W = W - scale_c * (offset + slope * G), then W -= decay * W,
+    the per-block maps recomputed from the moments and the block means."""
+    rows, n = params[0].shape
+    tables = [_addresses(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
+    scale_table = torch.tensor(scales, dtype=torch.float32)
+    failed = library().gwt_haar_pass2(len(params), *(t.data_ptr() for t in tables), rows, n, exp_avgs[0].shape[-1],
+                                      2**level, eps, 2.0 ** (-level / 2), scale_table.data_ptr(), decay,
                                       torch.get_num_threads())
     if failed:
         raise MemoryError("gwt_haar_pass2: could not allocate its per-thread row scratch")
 
 
-def adam_step(param, grad, exp_avg, exp_avg_sq, beta1: float, beta2: float, eps: float, step_size: float,
+def adam_step(params, grads, exp_avgs, exp_avg_sqs, beta1: float, beta2: float, eps: float, step_size: float,
               decay: float) -> None:
-    """Plain Adam(W) with the released conventions for one fp32 CPU tensor of any shape."""
-    library().gwt_adam(param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(),
-                       param.numel(), beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, step_size, 1.0 - decay,
-                       torch.get_num_threads())
+    """Plain Adam(W) with the released conventions for fp32 CPU tensors of any shapes (one region)."""
+    tables = [_addresses(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
+    numels = torch.tensor([p.numel() for p in params], dtype=torch.int64)
+    library().gwt_adam(len(params), *(t.data_ptr() for t in tables), numels.data_ptr(), beta1, beta2, 1.0 - beta1,
+                       1.0 - beta2, eps, step_size, 1.0 - decay, torch.get_num_threads())
 
 
 #: Longest filter the general kernel takes (its per-phase filter tables hold 64 taps).
