@@ -367,7 +367,8 @@ def test_cpu_dwt_kernel_only_for_zero_boundary():
         assert opt._path(p, p.grad, opt.state[p], opt.param_groups[0]) == path
 
 
-def test_cpu_kernel_batches_same_shape_matrices():
+@pytest.mark.parametrize("wavelet", ["haar", "db2"])
+def test_cpu_kernel_batches_same_shape_matrices(wavelet):
     """Same-shape matrices share one kernel call per pass; each keeps its own limiter state and
     step size, so the result equals stepping each matrix alone through the torch path."""
     torch.manual_seed(3)
@@ -377,7 +378,7 @@ def test_cpu_kernel_batches_same_shape_matrices():
     out = {}
     for use_kernel in (True, False):
         ps = [torch.nn.Parameter(w.clone()) for w in w0]
-        opt = GWTAdamW(ps, lr=1e-2, level=2, weight_decay=0.1, cpu_kernel=use_kernel)
+        opt = GWTAdamW(ps, lr=1e-2, wavelet=wavelet, level=2, weight_decay=0.1, cpu_kernel=use_kernel)
         for gs in grads:
             for p, g in zip(ps, gs):
                 p.grad = g

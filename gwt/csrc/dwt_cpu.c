@@ -173,60 +173,76 @@ static int64_t scratch_floats(const int64_t *lens, int64_t level, int64_t h) {
     return total + lens[level];                             /* 1 / denom */
 }
 
-double gwt_dwt_pass1(const float *grad, float *exp_avg, float *exp_avg_sq, int64_t rows, const int64_t *lens,
-                     int64_t level, const float *dec_lo, const float *dec_hi, const float *rec_lo,
-                     const float *rec_hi, int64_t flen, float beta1, float beta2, float one_minus_beta1,
-                     float one_minus_beta2, float eps, int threads) {
+/* Both passes take `count` matrices of one shape (tables of their addresses) in one parallel
+ * region, rows split over the threads without a barrier between matrices. */
+#define PTR(type, table, index) ((type *)(uintptr_t)(table)[index])
+
+int gwt_dwt_pass1(int64_t count, const int64_t *grads, const int64_t *exp_avgs, const int64_t *exp_avg_sqs,
+                  int64_t rows, const int64_t *lens, int64_t level, const float *dec_lo, const float *dec_hi,
+                  const float *rec_lo, const float *rec_hi, int64_t flen, float beta1, float beta2,
+                  float one_minus_beta1, float one_minus_beta2, float eps, double *norms_sq, int threads) {
     filters f;
     make_filters(&f, dec_lo, dec_hi, rec_lo, rec_hi, flen);
     const level_funcs fn = funcs_for(f.half);
     const int64_t n = lens[0], k = lens[level], h = f.half;
     const int64_t need = scratch_floats(lens, level, h);
-    double norm_sq = 0.0;
     int failed = 0;
-#pragma omp parallel num_threads(threads) reduction(+ : norm_sq)
+    for (int64_t c = 0; c < count; c++) norms_sq[c] = 0.0;
+#pragma omp parallel num_threads(threads)
     {
         float *work = (float *)malloc(sizeof(float) * need);
-        if (work == NULL) {
+        double *local = (double *)calloc((size_t)count, sizeof(double));
+        if (work == NULL || local == NULL) {
 #pragma omp atomic write
             failed = 1;
         }
         float *xe = work, *xo = work + (n / 2 + 2 * h + 2), *buf0 = work + 2 * (n / 2 + 2 * h + 2);
         float *buf1 = buf0 + (n + 2 * h + 2);
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < rows; i++) {
-            if (work == NULL) continue;
-            const float *x = grad + i * n;
-            float *out = buf0;
-            for (int64_t l = 1; l <= level; l++) {
-                split_phases(x, lens[l - 1], h, xe, xo, lens[l]);
-                fn.analyze_a(&f, xe, xo, out, lens[l]);
-                x = out;
-                out = (out == buf0) ? buf1 : buf0;
-            }
-            float *m = exp_avg + i * k, *v = exp_avg_sq + i * k;
-            float row_sq = 0.0f;
+        for (int64_t c = 0; c < count; c++) {
+            const float *grad = PTR(const float, grads, c);
+            float *exp_avg = PTR(float, exp_avgs, c), *exp_avg_sq = PTR(float, exp_avg_sqs, c);
+#pragma omp for schedule(static) nowait
+            for (int64_t i = 0; i < rows; i++) {
+                if (work == NULL || local == NULL) continue;
+                const float *x = grad + i * n;
+                float *out = buf0;
+                for (int64_t l = 1; l <= level; l++) {
+                    split_phases(x, lens[l - 1], h, xe, xo, lens[l]);
+                    fn.analyze_a(&f, xe, xo, out, lens[l]);
+                    x = out;
+                    out = (out == buf0) ? buf1 : buf0;
+                }
+                float *m = exp_avg + i * k, *v = exp_avg_sq + i * k;
+                float row_sq = 0.0f;
 #pragma omp simd reduction(+ : row_sq)
-            for (int64_t j = 0; j < k; j++) {
-                const float a = x[j];
-                const float mj = m[j] * beta1 + one_minus_beta1 * a;
-                const float vj = v[j] * beta2 + one_minus_beta2 * a * a;
-                const float normalized = mj / (sqrtf(vj) + eps);
-                m[j] = mj;
-                v[j] = vj;
-                row_sq += normalized * normalized;
+                for (int64_t j = 0; j < k; j++) {
+                    const float a = x[j];
+                    const float mj = m[j] * beta1 + one_minus_beta1 * a;
+                    const float vj = v[j] * beta2 + one_minus_beta2 * a * a;
+                    const float normalized = mj * (1.0f / (sqrtf(vj) + eps));
+                    m[j] = mj;
+                    v[j] = vj;
+                    row_sq += normalized * normalized;
+                }
+                local[c] += row_sq;
             }
-            norm_sq += row_sq;
         }
+        if (local != NULL) {
+            for (int64_t c = 0; c < count; c++) {
+#pragma omp atomic
+                norms_sq[c] += local[c];
+            }
+        }
+        free(local);
         free(work);
     }
-    return failed ? -1.0 : norm_sq;
+    return failed;
 }
 
-int gwt_dwt_pass2(float *param, const float *grad, const float *exp_avg, const float *exp_avg_sq, int64_t rows,
-                  const int64_t *lens, int64_t level, const float *dec_lo, const float *dec_hi,
-                  const float *rec_lo, const float *rec_hi, int64_t flen, float eps, float scale, float decay,
-                  int threads) {
+int gwt_dwt_pass2(int64_t count, const int64_t *params, const int64_t *grads, const int64_t *exp_avgs,
+                  const int64_t *exp_avg_sqs, int64_t rows, const int64_t *lens, int64_t level, const float *dec_lo,
+                  const float *dec_hi, const float *rec_lo, const float *rec_hi, int64_t flen, float eps,
+                  const float *scales, float decay, int threads) {
     filters f;
     make_filters(&f, dec_lo, dec_hi, rec_lo, rec_hi, flen);
     const level_funcs fn = funcs_for(f.half);
@@ -246,39 +262,45 @@ int gwt_dwt_pass2(float *param, const float *grad, const float *exp_avg, const f
         const int64_t phase = n / 2 + 2 * h + 2;
         float *xe = work, *xo = work + phase, *buf0 = work + 2 * phase, *buf1 = buf0 + (n + 2 * h + 2);
         float *details = buf1 + (n + 2 * h + 2), *inv = work + need - k;
-#pragma omp for schedule(static)
-        for (int64_t i = 0; i < rows; i++) {
-            if (work == NULL) continue;
-            /* analysis: A_L in `x`, D_l in details + detail_at[l] */
-            const float *x = grad + i * n;
-            float *out = buf0;
-            for (int64_t l = 1; l <= level; l++) {
-                split_phases(x, lens[l - 1], h, xe, xo, lens[l]);
-                fn.analyze_ad(&f, xe, xo, out, details + detail_at[l], lens[l]);
-                x = out;
-                out = (out == buf0) ? buf1 : buf0;
+        for (int64_t c = 0; c < count; c++) {
+            float *param = PTR(float, params, c);
+            const float *grad = PTR(const float, grads, c), *exp_avg = PTR(const float, exp_avgs, c),
+                        *exp_avg_sq = PTR(const float, exp_avg_sqs, c);
+            const float scale = scales[c];
+#pragma omp for schedule(static) nowait
+            for (int64_t i = 0; i < rows; i++) {
+                if (work == NULL) continue;
+                /* analysis: A_L in `x`, D_l in details + detail_at[l] */
+                const float *x = grad + i * n;
+                float *out = buf0;
+                for (int64_t l = 1; l <= level; l++) {
+                    split_phases(x, lens[l - 1], h, xe, xo, lens[l]);
+                    fn.analyze_ad(&f, xe, xo, out, details + detail_at[l], lens[l]);
+                    x = out;
+                    out = (out == buf0) ? buf1 : buf0;
+                }
+                /* N = M / denom on the approximation; details times the aligned 1 / denom */
+                const float *m = exp_avg + i * k, *v = exp_avg_sq + i * k;
+                float *coarse = (float *)x;
+                for (int64_t j = 0; j < k; j++) {
+                    inv[j] = 1.0f / (sqrtf(v[j]) + eps);
+                    coarse[j] = m[j] * inv[j];
+                }
+                for (int64_t l = 1; l <= level; l++) {
+                    float *d = details + detail_at[l];
+                    const int shift = (int)(level - l);
+                    for (int64_t o = 0; o < lens[l]; o++) d[o] *= inv[o >> shift];
+                }
+                /* synthesis back to length n (ping-pong between the two approximation buffers); the
+                 * last level updates the parameter row directly */
+                const float *a = coarse;
+                for (int64_t l = level; l >= 2; l--) {
+                    float *dst = (a == buf0) ? buf1 : buf0;
+                    fn.synthesize(&f, a, details + detail_at[l], dst, lens[l - 1]);
+                    a = dst;
+                }
+                fn.synthesize_apply(&f, a, details + detail_at[1], param + i * n, n, scale, decay);
             }
-            /* N = M / denom on the approximation; details times the aligned 1 / denom */
-            const float *m = exp_avg + i * k, *v = exp_avg_sq + i * k;
-            float *coarse = (float *)x;
-            for (int64_t j = 0; j < k; j++) {
-                inv[j] = 1.0f / (sqrtf(v[j]) + eps);
-                coarse[j] = m[j] * inv[j];
-            }
-            for (int64_t l = 1; l <= level; l++) {
-                float *d = details + detail_at[l];
-                const int shift = (int)(level - l);
-                for (int64_t o = 0; o < lens[l]; o++) d[o] *= inv[o >> shift];
-            }
-            /* synthesis back to length n (ping-pong between the two approximation buffers); the
-             * last level updates the parameter row directly */
-            const float *a = coarse;
-            for (int64_t l = level; l >= 2; l--) {
-                float *dst = (a == buf0) ? buf1 : buf0;
-                fn.synthesize(&f, a, details + detail_at[l], dst, lens[l - 1]);
-                a = dst;
-            }
-            fn.synthesize_apply(&f, a, details + detail_at[1], param + i * n, n, scale, decay);
         }
         free(work);
     }

@@ -180,14 +180,14 @@ class GWTAdamW(GWTOptimizerBase):
                 path = self._path(p, grad, state, group)
                 if path == "general":
                     self._general(p, grad, state, group, t)
-                elif path == "cpu_dwt":
-                    self._cpu_dwt(p, grad, state, group, t)
                 else:  # batched: same-shape matrices together (plain Adam: any shapes)
                     shape = () if path == "cpu_adam" else tuple(p.shape)
                     batches.setdefault((path, t, shape, p.dtype, p.device), []).append((p, grad, state))
             for (path, t, *_), items in batches.items():
                 if path == "cpu_kernel":
                     self._cpu_haar(items, group, t)
+                elif path == "cpu_dwt":
+                    self._cpu_dwt(items, group, t)
                 elif path == "cpu_adam":
                     self._cpu_adam(items, group, t)
                 else:
@@ -266,19 +266,22 @@ class GWTAdamW(GWTOptimizerBase):
                              beta1, beta2, group["eps"], group["lr"] * bias_correction(t, beta1, beta2),
                              group["lr"] * group["weight_decay"])
 
-    def _cpu_dwt(self, p, grad, state, group, t: int) -> None:
-        """Any wavelet with boundary ``zero`` through the C kernel (fp32 CPU): the multi-level
-        transform of each row runs in per-thread scratch, two passes as for Haar."""
+    def _cpu_dwt(self, items: list, group: dict, t: int) -> None:
+        """Any wavelet with boundary ``zero`` through the C kernel (fp32 CPU), same-shape matrices
+        together: the multi-level transform of each row runs in per-thread scratch, two passes as
+        for Haar."""
+        params, grads, states = zip(*items)
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         beta1, beta2 = group["betas"]
-        key = ("dwt", p.shape[-1], group["wavelet"], group["level"])
+        key = (params[0].shape[-1], group["wavelet"], group["level"])
         if key not in self._plans:
-            self._plans[key] = cpu_kernel.DWTPlan(p.shape[-1], group["wavelet"], group["level"])
+            self._plans[key] = cpu_kernel.DWTPlan(*key)
         plan = self._plans[key]
-        norm_sq = plan.step(grad, state["exp_avg"], state["exp_avg_sq"], beta1, beta2, group["eps"])
-        lam = self._limit(state, group, norm_sq)
-        plan.apply(p, grad, state["exp_avg"], state["exp_avg_sq"], group["eps"],
-                   group["lr"] * bias_correction(t, beta1, beta2) * group["alpha"] / lam,
-                   group["lr"] * group["weight_decay"])
+        norms_sq = plan.step(grads, exp_avgs, exp_avg_sqs, beta1, beta2, group["eps"])
+        step_size = group["lr"] * bias_correction(t, beta1, beta2)
+        scales = [step_size * group["alpha"] / self._limit(s, group, nsq) for s, nsq in zip(states, norms_sq)]
+        plan.apply(params, grads, exp_avgs, exp_avg_sqs, group["eps"], scales, group["lr"] * group["weight_decay"])
 
     @staticmethod
     def _limit(state, group, norm_sq: float) -> float:

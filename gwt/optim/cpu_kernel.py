@@ -54,10 +54,10 @@ def _build() -> ctypes.CDLL:
     lib.gwt_haar_pass2.argtypes = [i64] + [ptr] * 4 + [i64] * 4 + [f32] * 2 + [ptr, f32, ctypes.c_int]
     lib.gwt_adam.restype = None
     lib.gwt_adam.argtypes = [i64] + [ptr] * 5 + [f32] * 7 + [ctypes.c_int]
-    lib.gwt_dwt_pass1.restype = ctypes.c_double
-    lib.gwt_dwt_pass1.argtypes = [ptr] * 3 + [i64, ptr, i64] + [ptr] * 4 + [i64] + [f32] * 5 + [ctypes.c_int]
+    lib.gwt_dwt_pass1.restype = ctypes.c_int
+    lib.gwt_dwt_pass1.argtypes = [i64] + [ptr] * 3 + [i64, ptr, i64] + [ptr] * 4 + [i64] + [f32] * 5 + [ptr, ctypes.c_int]
     lib.gwt_dwt_pass2.restype = ctypes.c_int
-    lib.gwt_dwt_pass2.argtypes = [ptr] * 4 + [i64, ptr, i64] + [ptr] * 4 + [i64] + [f32] * 3 + [ctypes.c_int]
+    lib.gwt_dwt_pass2.argtypes = [i64] + [ptr] * 4 + [i64, ptr, i64] + [ptr] * 4 + [i64, f32, ptr, f32, ctypes.c_int]
     return lib
 
 
@@ -157,21 +157,24 @@ class DWTPlan:
     def _filter_ptrs(self):
         return [self.filters[i].data_ptr() for i in range(4)]
 
-    def step(self, grad, exp_avg, exp_avg_sq, beta1: float, beta2: float, eps: float) -> float:
-        """Pass 1 for one matrix: moments of A_L in place; returns ||M / denom||^2."""
-        norm_sq = library().gwt_dwt_pass1(
-            grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), grad.shape[0], self.lens.data_ptr(),
-            self.level, *self._filter_ptrs(), self.flen, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps,
+    def step(self, grads, exp_avgs, exp_avg_sqs, beta1: float, beta2: float, eps: float) -> list[float]:
+        """Pass 1 for same-shape matrices: moments of A_L in place; returns each ||M / denom||^2."""
+        norms_sq = torch.zeros(len(grads), dtype=torch.float64)
+        tables = [_addresses(ts) for ts in (grads, exp_avgs, exp_avg_sqs)]
+        failed = library().gwt_dwt_pass1(
+            len(grads), *(t.data_ptr() for t in tables), grads[0].shape[0], self.lens.data_ptr(), self.level,
+            *self._filter_ptrs(), self.flen, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, norms_sq.data_ptr(),
             torch.get_num_threads())
-        if norm_sq < 0:
+        if failed:
             raise MemoryError("gwt_dwt_pass1: could not allocate its per-thread scratch rows")
-        return norm_sq
+        return norms_sq.tolist()
 
-    def apply(self, param, grad, exp_avg, exp_avg_sq, eps: float, scale: float, decay: float) -> None:
-        """Pass 2: W = (W - scale * synthesis(N, D / denom)) * (1 - decay)."""
+    def apply(self, params, grads, exp_avgs, exp_avg_sqs, eps: float, scales: list[float], decay: float) -> None:
+        """Pass 2: W = W - scale_c * synthesis(N, D / denom), then W -= decay * W."""
+        tables = [_addresses(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
+        scale_table = torch.tensor(scales, dtype=torch.float32)
         failed = library().gwt_dwt_pass2(
-            param.data_ptr(), grad.data_ptr(), exp_avg.data_ptr(), exp_avg_sq.data_ptr(), param.shape[0],
-            self.lens.data_ptr(), self.level, *self._filter_ptrs(), self.flen, eps, scale, decay,
-            torch.get_num_threads())
+            len(params), *(t.data_ptr() for t in tables), params[0].shape[0], self.lens.data_ptr(), self.level,
+            *self._filter_ptrs(), self.flen, eps, scale_table.data_ptr(), decay, torch.get_num_threads())
         if failed:
             raise MemoryError("gwt_dwt_pass2: could not allocate its per-thread scratch rows")
