@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -119,7 +120,13 @@ def bench_size(size: str, device: torch.device, methods: list[str], rounds: int,
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+    name = platform.processor() or platform.machine()
+    try:  # the model name where Linux tells it
+        with open("/proc/cpuinfo") as info:
+            name = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU {name} ({os.cpu_count()} cores), {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
 def main(argv=None):

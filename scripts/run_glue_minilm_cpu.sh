@@ -4,7 +4,7 @@
 # 120 optimizer steps per task (CoLA 100 of batch 32), the first 10% a linear warm-up.
 # One run after another; a finished run (result.json present) is skipped, an interrupted one resumed.
 # Then the summary table: python scripts/glue_summary.py results/glue/minilm_cpu_warmup
-#   usage: [TASKS="stsb cola"] [STEPS_stsb=150] [WARMUP_PCT=10] [OUT=folder] scripts/run_glue_minilm_cpu.sh [Hydra overrides...]
+#   usage: [TASKS="stsb cola"] [OPTS="adamw gwt"] [STEPS_stsb=150] [WARMUP_PCT=10] [OUT=folder] scripts/run_glue_minilm_cpu.sh [Hydra overrides...]
 # The first, shorter table without warm-up (results/glue/minilm_cpu) came from
 #   OUT=results/glue/minilm_cpu WARMUP_PCT=0 STEPS_sst2=60 STEPS_stsb=40 STEPS_cola=30 STEPS_mrpc=30 STEPS_rte=25 scripts/run_glue_minilm_cpu.sh
 set -euo pipefail
@@ -22,7 +22,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 for task in ${TASKS:-sst2 stsb cola mrpc rte}; do
   override="STEPS_$task"; steps=${!override:-${STEPS[$task]}}
   warmup=$((steps * WARMUP_PCT / 100))
-  for opt in adamw gwt galore; do
+  for opt in ${OPTS:-adamw gwt galore}; do
     dir="$OUT/$task-$opt"
     [ -f "$dir/result.json" ] && { echo "done: $dir"; continue; }
     resume=false; [ -d "$dir" ] && resume=true
