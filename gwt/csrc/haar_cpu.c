@@ -329,72 +329,69 @@ static int64_t moments_row(const float *g, float *m, float *v, int64_t n, int64_
 }
 #endif
 
-/* Both passes take `count` matrices of one shape (arrays of their addresses) and run them in one
- * parallel region: the rows of each matrix are split over the threads without a barrier between
- * matrices (`nowait`), so a step over many small matrices does not pay a fork/join per matrix. */
-#define PTR(type, table, index) ((type *)(uintptr_t)(table)[index])
-
-int gwt_haar_pass1(int64_t count, const int64_t *grads, const int64_t *exp_avgs, const int64_t *exp_avg_sqs,
-                   int64_t rows, int64_t n, int64_t k, int64_t block, float beta1, float beta2,
-                   float one_minus_beta1, float one_minus_beta2, float eps, float up, double *norms_sq,
-                   int threads) {
-    /* 1 - beta arrives precomputed in double: 1.0f - 0.999f is off by 1e-5 relative.
-     * norms_sq[c] = ||M / (sqrt(V) + eps)||^2 of matrix c (the limiter's input). */
-    int failed = 0;
-    for (int64_t c = 0; c < count; c++) norms_sq[c] = 0.0;
-#pragma omp parallel num_threads(threads)
-    {
-        float *abar = ROW_SCRATCH(k);
-        double *local = (double *)calloc((size_t)count, sizeof(double));
-        if (abar == NULL || local == NULL) {
-#pragma omp atomic write
-            failed = 1;
-        }
-        for (int64_t c = 0; c < count; c++) {
-            const float *grad = PTR(const float, grads, c);
-            float *exp_avg = PTR(float, exp_avgs, c), *exp_avg_sq = PTR(float, exp_avg_sqs, c);
-#pragma omp for schedule(static) nowait
-            for (int64_t i = 0; i < rows; i++) {
-                if (abar == NULL || local == NULL) continue;
-                float *m = exp_avg + i * k, *v = exp_avg_sq + i * k;
-                float row_sq = 0.0f;
-                int64_t j0 = 0;
+/* Pass 1 for one row: moments of the row's blocks in place; returns ||M / (sqrt(V) + eps)||^2. */
+static float pass1_row(const float *g, float *m, float *v, float *abar, int64_t n, int64_t k, int64_t block,
+                       float beta1, float beta2, float one_minus_beta1, float one_minus_beta2, float eps, float up) {
+    float row_sq = 0.0f;
+    int64_t j0 = 0;
 #ifdef HAVE_SSE3
-                if (block == 2 || block == 4 || block == 8)
-                    j0 = moments_row(grad + i * n, m, v, n, block, beta1, beta2, one_minus_beta1, one_minus_beta2,
-                                     eps, up, &row_sq);
+    if (block == 2 || block == 4 || block == 8)
+        j0 = moments_row(g, m, v, n, block, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, up, &row_sq);
 #endif
-                if (j0 == 0) block_means(grad + i * n, abar, n, k, block);
-                else block_means_any(grad + i * n + j0 * block, abar + j0, n - j0 * block, k - j0, block);
+    if (j0 == 0) block_means(g, abar, n, k, block);
+    else block_means_any(g + j0 * block, abar + j0, n - j0 * block, k - j0, block);
 #pragma omp simd reduction(+ : row_sq)
-                for (int64_t j = j0; j < k; j++) {
-                    const float a = abar[j] * up;
-                    const float mj = m[j] * beta1 + one_minus_beta1 * a;
-                    const float vj = v[j] * beta2 + one_minus_beta2 * a * a;
-                    const float normalized = mj * (1.0f / (sqrtf(vj) + eps));
-                    m[j] = mj;
-                    v[j] = vj;
-                    row_sq += normalized * normalized;
-                }
-                local[c] += row_sq;
-            }
-        }
-        if (local != NULL) {
-            for (int64_t c = 0; c < count; c++) {
-#pragma omp atomic
-                norms_sq[c] += local[c];
-            }
-        }
-        free(local);
-        free(abar);
+    for (int64_t j = j0; j < k; j++) {
+        const float a = abar[j] * up;
+        const float mj = m[j] * beta1 + one_minus_beta1 * a;
+        const float vj = v[j] * beta2 + one_minus_beta2 * a * a;
+        const float normalized = mj * (1.0f / (sqrtf(vj) + eps));
+        m[j] = mj;
+        v[j] = vj;
+        row_sq += normalized * normalized;
     }
-    return failed;
+    return row_sq;
 }
 
-int gwt_haar_pass2(int64_t count, const int64_t *params, const int64_t *grads, const int64_t *exp_avgs,
-                   const int64_t *exp_avg_sqs, int64_t rows, int64_t n, int64_t k, int64_t block, float eps,
-                   float down, const float *scales, float decay, int threads) {
+/* Pass 2 for one row: the per-block map from the updated moments and the block means, applied. */
+static void pass2_row(float *w, const float *g, const float *m, const float *v, float *off, float *sl, int64_t n,
+                      int64_t k, int64_t block, float eps, float down, float scale, float decay) {
+#ifdef HAVE_SSE3
+    if (block == 2 || block == 4 || block == 8) {
+        const int64_t done = block == 4   ? fused_row_4(w, g, m, v, n, eps, down, scale, decay)
+                             : block == 2 ? fused_row_2(w, g, m, v, n, eps, down, scale, decay)
+                                          : fused_row_8(w, g, m, v, n, eps, down, scale, decay);
+        fused_tail(w, g, m, v, done, k, n, block, eps, down, scale, decay);
+        return;
+    }
+#endif
+    block_means(g, off, n, k, block);
+#pragma omp simd
+    for (int64_t j = 0; j < k; j++) {
+        const float inv = 1.0f / (sqrtf(v[j]) + eps);
+        sl[j] = inv;
+        off[j] = (m[j] * inv) * down - off[j] * inv;
+    }
+    if (block == 2) apply_row_2(w, g, off, sl, n, scale, decay);
+    else if (block == 4) apply_row_4(w, g, off, sl, n, scale, decay);
+    else if (block == 8) apply_row_8(w, g, off, sl, n, scale, decay);
+    else apply_row_any(w, g, off, sl, n, k, block, scale, decay);
+}
+
+#define PTR(type, table, index) ((type *)(uintptr_t)(table)[index])
+
+/* The whole GWT-Haar step for `count` matrices of one shape (tables of their addresses), in one
+ * parallel region. Per matrix: pass 1 over its rows, the norm-growth limiter (in double, as
+ * lam = max(||N|| / (prev + 1e-8), gamma) / gamma, prev = ||N|| / lam; `prev_norms` NULL = no
+ * limiter), then pass 2 over the same rows with the same static split, so each thread re-reads
+ * the gradient rows it read in pass 1 while they are still in its cache. The step size is
+ * step_alpha / lam (lr * bias correction * alpha). */
+int gwt_haar_step(int64_t count, const int64_t *params, const int64_t *grads, const int64_t *exp_avgs,
+                  const int64_t *exp_avg_sqs, const int64_t *prev_norms, int64_t rows, int64_t n, int64_t k,
+                  int64_t block, float beta1, float beta2, float one_minus_beta1, float one_minus_beta2, float eps,
+                  float up, float down, double step_alpha, double gamma, float decay, int threads) {
     int failed = 0;
+    double norm_sq = 0.0, scale = 0.0;
 #pragma omp parallel num_threads(threads)
     {
         float *off = ROW_SCRATCH(2 * k), *sl = off + k;
@@ -403,36 +400,37 @@ int gwt_haar_pass2(int64_t count, const int64_t *params, const int64_t *grads, c
             failed = 1;
         }
         for (int64_t c = 0; c < count; c++) {
-            float *param = PTR(float, params, c);
-            const float *grad = PTR(const float, grads, c), *exp_avg = PTR(const float, exp_avgs, c),
-                        *exp_avg_sq = PTR(const float, exp_avg_sqs, c);
-            const float scale = scales[c];
+            float *param = PTR(float, params, c), *exp_avg = PTR(float, exp_avgs, c),
+                  *exp_avg_sq = PTR(float, exp_avg_sqs, c);
+            const float *grad = PTR(const float, grads, c);
+            double local = 0.0;
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < rows; i++) {
+                if (off == NULL) continue;
+                local += pass1_row(grad + i * n, exp_avg + i * k, exp_avg_sq + i * k, off, n, k, block, beta1,
+                                   beta2, one_minus_beta1, one_minus_beta2, eps, up);
+            }
+#pragma omp atomic
+            norm_sq += local;
+#pragma omp barrier
+#pragma omp single
+            {
+                double lam = 1.0;
+                if (prev_norms != NULL) {
+                    float *prev = PTR(float, prev_norms, c);
+                    const double norm = sqrt(norm_sq);
+                    lam = fmax(norm / ((double)*prev + 1e-8), gamma) / gamma;
+                    *prev = (float)(norm / lam);
+                }
+                scale = step_alpha / lam;
+                norm_sq = 0.0;
+            } /* implicit barrier: every thread sees scale, norm_sq is reset for the next matrix */
+            const float step = (float)scale;
 #pragma omp for schedule(static) nowait
             for (int64_t i = 0; i < rows; i++) {
                 if (off == NULL) continue;
-                float *w = param + i * n;
-                const float *g = grad + i * n, *m = exp_avg + i * k, *v = exp_avg_sq + i * k;
-#ifdef HAVE_SSE3
-                if (block == 2 || block == 4 || block == 8) {
-                    const int64_t done = block == 4   ? fused_row_4(w, g, m, v, n, eps, down, scale, decay)
-                                         : block == 2 ? fused_row_2(w, g, m, v, n, eps, down, scale, decay)
-                                                      : fused_row_8(w, g, m, v, n, eps, down, scale, decay);
-                    fused_tail(w, g, m, v, done, k, n, block, eps, down, scale, decay);
-                    continue;
-                }
-#endif
-                /* the row's affine map from the updated moments and its block means */
-                block_means(g, off, n, k, block);
-#pragma omp simd
-                for (int64_t j = 0; j < k; j++) {
-                    const float inv = 1.0f / (sqrtf(v[j]) + eps);
-                    sl[j] = inv;
-                    off[j] = (m[j] * inv) * down - off[j] * inv;
-                }
-                if (block == 2) apply_row_2(w, g, off, sl, n, scale, decay);
-                else if (block == 4) apply_row_4(w, g, off, sl, n, scale, decay);
-                else if (block == 8) apply_row_8(w, g, off, sl, n, scale, decay);
-                else apply_row_any(w, g, off, sl, n, k, block, scale, decay);
+                pass2_row(param + i * n, grad + i * n, exp_avg + i * k, exp_avg_sq + i * k, off, sl, n, k, block,
+                          eps, down, step, decay);
             }
         }
         free(off);

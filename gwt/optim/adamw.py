@@ -247,17 +247,15 @@ class GWTAdamW(GWTOptimizerBase):
                          self.transform_for(p, group))
 
     def _cpu_haar(self, items: list, group: dict, t: int) -> None:
-        """Same-shape fp32 CPU matrices through the C kernel, each pass one call for all of them;
-        the limiter's scalars in Python."""
+        """Same-shape fp32 CPU matrices through the C kernel in one call (both passes and the
+        limiter of each matrix)."""
         params, grads, states = zip(*items)
-        exp_avgs = [s["exp_avg"] for s in states]
-        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
         beta1, beta2 = group["betas"]
-        step_size = group["lr"] * bias_correction(t, beta1, beta2)
-        norms_sq = cpu_kernel.haar_step(grads, exp_avgs, exp_avg_sqs, group["level"], beta1, beta2, group["eps"])
-        scales = [step_size * group["alpha"] / self._limit(s, group, nsq) for s, nsq in zip(states, norms_sq)]
-        cpu_kernel.haar_apply(params, grads, exp_avgs, exp_avg_sqs, group["level"], group["eps"], scales,
-                              group["lr"] * group["weight_decay"])
+        limiter = group["limiter"]
+        cpu_kernel.haar_step(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                             [s["prev_norm"] for s in states] if limiter is not None else None, group["level"],
+                             beta1, beta2, group["eps"], group["lr"] * bias_correction(t, beta1, beta2) * group["alpha"],
+                             limiter, group["lr"] * group["weight_decay"])
 
     def _cpu_adam(self, items: list, group: dict, t: int) -> None:
         params, grads, states = zip(*items)

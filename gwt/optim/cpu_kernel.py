@@ -48,10 +48,9 @@ def _build() -> ctypes.CDLL:
             os.replace(out, target)  # atomic: concurrent builders never load a half-written file
     lib = ctypes.CDLL(str(target))
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    lib.gwt_haar_pass1.restype = ctypes.c_int
-    lib.gwt_haar_pass1.argtypes = [i64] + [ptr] * 3 + [i64] * 4 + [f32] * 6 + [ptr, ctypes.c_int]
-    lib.gwt_haar_pass2.restype = ctypes.c_int
-    lib.gwt_haar_pass2.argtypes = [i64] + [ptr] * 4 + [i64] * 4 + [f32] * 2 + [ptr, f32, ctypes.c_int]
+    f64 = ctypes.c_double
+    lib.gwt_haar_step.restype = ctypes.c_int
+    lib.gwt_haar_step.argtypes = [i64] + [ptr] * 5 + [i64] * 4 + [f32] * 7 + [f64, f64, f32, ctypes.c_int]
     lib.gwt_adam.restype = None
     lib.gwt_adam.argtypes = [i64] + [ptr] * 5 + [f32] * 7 + [ctypes.c_int]
     lib.gwt_dwt_pass1.restype = ctypes.c_int
@@ -89,32 +88,19 @@ def _addresses(tensors) -> torch.Tensor:
     return torch.tensor([t.data_ptr() for t in tensors], dtype=torch.int64)
 
 
-def haar_step(grads, exp_avgs, exp_avg_sqs, level: int, beta1: float, beta2: float, eps: float) -> list[float]:
-    """Pass 1 for same-shape matrices (one parallel region): moments in place; returns each
-    matrix's ||M / denom||^2 (the limiter's input)."""
-    rows, n = grads[0].shape
-    norms_sq = torch.zeros(len(grads), dtype=torch.float64)
-    tables = [_addresses(ts) for ts in (grads, exp_avgs, exp_avg_sqs)]
-    failed = library().gwt_haar_pass1(
-        len(grads), *(t.data_ptr() for t in tables), rows, n, exp_avgs[0].shape[-1], 2**level,
-        beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, 2.0 ** (level / 2), norms_sq.data_ptr(), torch.get_num_threads())
-    if failed:
-        raise MemoryError("gwt_haar_pass1: could not allocate its per-thread row scratch")
-    return norms_sq.tolist()
-
-
-def haar_apply(params, grads, exp_avgs, exp_avg_sqs, level: int, eps: float, scales: list[float],
-               decay: float) -> None:
-    """Pass 2 for same-shape matrices: W = W - scale_c * (offset + slope * G), then W -= decay * W,
-    the per-block maps recomputed from the moments and the block means."""
+def haar_step(params, grads, exp_avgs, exp_avg_sqs, prev_norms, level: int, beta1: float, beta2: float,
+              eps: float, step_alpha: float, gamma: float | None, decay: float) -> None:
+    """The GWT-Haar step for same-shape matrices in one call: per matrix pass 1, the limiter
+    (``prev_norms``: fp32 0-d tensors updated in place; None without limiter), pass 2."""
     rows, n = params[0].shape
     tables = [_addresses(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
-    scale_table = torch.tensor(scales, dtype=torch.float32)
-    failed = library().gwt_haar_pass2(len(params), *(t.data_ptr() for t in tables), rows, n, exp_avgs[0].shape[-1],
-                                      2**level, eps, 2.0 ** (-level / 2), scale_table.data_ptr(), decay,
-                                      torch.get_num_threads())
+    prev_table = _addresses(prev_norms) if prev_norms is not None else None
+    failed = library().gwt_haar_step(
+        len(params), *(t.data_ptr() for t in tables), prev_table.data_ptr() if prev_table is not None else None,
+        rows, n, exp_avgs[0].shape[-1], 2**level, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps,
+        2.0 ** (level / 2), 2.0 ** (-level / 2), step_alpha, gamma or 1.0, decay, torch.get_num_threads())
     if failed:
-        raise MemoryError("gwt_haar_pass2: could not allocate its per-thread row scratch")
+        raise MemoryError("gwt_haar_step: could not allocate its per-thread row scratch")
 
 
 def adam_step(params, grads, exp_avgs, exp_avg_sqs, beta1: float, beta2: float, eps: float, step_size: float,
