@@ -1,5 +1,9 @@
 """GWTAdamW against an independent reference, the ptwt path, torch AdamW, and its contracts."""
 import math
+import os
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -390,6 +394,36 @@ def test_cpu_kernel_batches_same_shape_matrices(wavelet):
     prev = out[True][1]
     assert len(set(round(x, 3) for x in prev)) == len(prev)  # one limiter state per matrix
     torch.testing.assert_close(torch.tensor(prev), torch.tensor(out[False][1]), rtol=1e-5, atol=0)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the SSE3 switch is x86-only")
+def test_cpu_kernel_without_sse3_matches_torch_path(tmp_path):
+    """The plain loops that machines without SSE3 run (and that handle other block lengths):
+    built with GWT_CPU_KERNEL_CFLAGS=-mno-sse3 into a fresh cache, in a fresh process."""
+    script = """
+import torch
+from gwt import GWTAdamW
+from gwt.optim import cpu_kernel
+assert cpu_kernel.library() is not None, cpu_kernel.failure()
+torch.manual_seed(0)
+for wavelet, level, shape in (("haar", 1, (6, 66)), ("haar", 2, (5, 130)), ("haar", 3, (4, 77)), ("db2", 2, (5, 130))):
+    w0, grads = torch.randn(shape), [torch.randn(shape) * (1 + t) for t in range(4)]
+    out = []
+    for use_kernel in (True, False):
+        p = torch.nn.Parameter(w0.clone())
+        opt = GWTAdamW([p], lr=1e-2, wavelet=wavelet, level=level, eps=0.1, weight_decay=0.1, cpu_kernel=use_kernel)
+        for g in grads:
+            p.grad = g
+            opt.step()
+        out.append(p.detach())
+    err = ((out[0] - out[1]).norm() / (out[1] - w0).norm()).item()
+    assert err < 1e-5, (wavelet, level, shape, err)
+print("ok")
+"""
+    env = dict(os.environ, GWT_CPU_KERNEL_CFLAGS="-mno-sse3", GWT_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+    assert len(list(tmp_path.glob("gwt_cpu_*.so"))) == 1  # built there, with the extra flag
 
 
 def test_cpu_kernel_plain_adam_matches_torch_path():

@@ -1,88 +1,32 @@
-/* GWT-Haar step on the CPU: the two passes of the closed form for fp32 rows.
+/* GWT-Haar step on the CPU (the closed form of docs/GWT_MATH.md) for fp32 rows.
  *
- * Pass 1 (gwt_haar_pass1): for every block j of B = 2^level entries of a row, the zero-padded
- * block mean abar and the Adam moments of A = 2^(l/2) * abar (in place). Returns the squared
- * norm of M / (sqrt(V) + eps) for the norm-growth limiter.
- * Pass 2 (gwt_haar_pass2): per row, the affine map of the update from the updated moments and
- * the block means again, slope = 1 / (sqrt(V) + eps), offset = 2^(-l/2) * M * slope - abar * slope;
- * then W = W - scale * (offset + slope * G) and W -= decay * W.
+ * gwt_haar_step runs, for each matrix of a batch of same-shape matrices:
+ * pass 1: for every block j of B = 2^level entries of a row, the zero-padded block mean abar
+ *   and the Adam moments of A = 2^(l/2) * abar (in place), summing ||M / (sqrt(V) + eps)||^2;
+ * the norm-growth limiter's lam from that norm;
+ * pass 2: per row, the affine map of the update from the updated moments and the block means
+ *   again, slope = 1 / (sqrt(V) + eps), offset = 2^(-l/2) * M * slope - abar * slope, then
+ *   W = W - scale * (offset + slope * G) and W -= decay * W.
  *
  * Memory traffic per entry for B = 4: pass 1 reads G and the moments (4 + 16/4 bytes), pass 2
- * reads G, W and the moments and writes W (12 + 8/4): 22 bytes against fused AdamW's 28. The
- * per-row maps live in per-thread scratch of one row, nothing of the matrix size is allocated.
- * Short blocks (B = 2, 4) use SSE3 horizontal adds and in-register broadcasts; longer ones
- * vectorise as written. Built at first use by gwt/optim/cpu_kernel.py.
+ * reads G, W and the moments and writes W (12 + 8/4), and its read of G mostly hits the cache
+ * because each thread re-reads the rows it has just read in pass 1: about 18 bytes from memory
+ * against fused AdamW's 28. Nothing of the size of a matrix is allocated. Blocks of 2, 4 and 8
+ * run four blocks per iteration in SSE3 registers (horizontal adds keep short blocks in order);
+ * other block lengths, and machines without SSE3, take the plain loops, which the compiler
+ * vectorises. Built at first use by gwt/optim/cpu_kernel.py.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 
-/* Block means of one row into abar[0..k): the last block is zero-padded. */
-#define BLOCK_MEANS_TAIL(B)                                                             \
-    if (full < k) {                                                                     \
-        float sum = 0.0f;                                                               \
-        for (int64_t e = full * B; e < n; e++) sum += g[e];                             \
-        abar[full] = sum * (1.0f / B);                                                  \
-    }
-
 #if defined(__SSE3__)
-/* Four blocks at a time with SSE3 horizontal adds, which keep the blocks in order for B = 2, 4
- * (short blocks do not vectorise otherwise). 128-bit on purpose: the loops are memory-bound,
- * and wider shuffles cross lanes. */
+/* 128-bit on purpose: the loops are memory-bound, and wider shuffles cross lanes. */
 #include <pmmintrin.h>
 #define HAVE_SSE3 1
 #endif
 
-static void block_means_2(const float *g, float *abar, int64_t n, int64_t k) {
-    const int64_t full = n / 2;
-    int64_t j = 0;
-#ifdef HAVE_SSE3
-    const __m128 half = _mm_set1_ps(0.5f);
-    for (; j + 4 <= full; j += 4)
-        _mm_storeu_ps(abar + j, _mm_mul_ps(_mm_hadd_ps(_mm_loadu_ps(g + 2 * j), _mm_loadu_ps(g + 2 * j + 4)), half));
-#endif
-    for (; j < full; j++) abar[j] = (g[2 * j] + g[2 * j + 1]) * 0.5f;
-    BLOCK_MEANS_TAIL(2)
-}
-
-static void block_means_4(const float *g, float *abar, int64_t n, int64_t k) {
-    const int64_t full = n / 4;
-    int64_t j = 0;
-#ifdef HAVE_SSE3
-    const __m128 quarter = _mm_set1_ps(0.25f);
-    for (; j + 4 <= full; j += 4) {
-        const float *q = g + 4 * j;
-        const __m128 lo = _mm_hadd_ps(_mm_loadu_ps(q), _mm_loadu_ps(q + 4));
-        const __m128 hi = _mm_hadd_ps(_mm_loadu_ps(q + 8), _mm_loadu_ps(q + 12));
-        _mm_storeu_ps(abar + j, _mm_mul_ps(_mm_hadd_ps(lo, hi), quarter));
-    }
-#endif
-    for (; j < full; j++) abar[j] = ((g[4 * j] + g[4 * j + 1]) + (g[4 * j + 2] + g[4 * j + 3])) * 0.25f;
-    BLOCK_MEANS_TAIL(4)
-}
-
-static void block_means_8(const float *g, float *abar, int64_t n, int64_t k) {
-    const int64_t full = n / 8;
-    int64_t j = 0;
-#ifdef HAVE_SSE3
-    const __m128 eighth = _mm_set1_ps(0.125f);
-    for (; j + 4 <= full; j += 4) {
-        const float *q = g + 8 * j;
-        const __m128 b0 = _mm_add_ps(_mm_loadu_ps(q), _mm_loadu_ps(q + 4));
-        const __m128 b1 = _mm_add_ps(_mm_loadu_ps(q + 8), _mm_loadu_ps(q + 12));
-        const __m128 b2 = _mm_add_ps(_mm_loadu_ps(q + 16), _mm_loadu_ps(q + 20));
-        const __m128 b3 = _mm_add_ps(_mm_loadu_ps(q + 24), _mm_loadu_ps(q + 28));
-        _mm_storeu_ps(abar + j, _mm_mul_ps(_mm_hadd_ps(_mm_hadd_ps(b0, b1), _mm_hadd_ps(b2, b3)), eighth));
-    }
-#endif
-    for (; j < full; j++) {
-        float sum = 0.0f;
-        for (int e = 0; e < 8; e++) sum += g[j * 8 + e];
-        abar[j] = sum * (1.0f / 8);
-    }
-    BLOCK_MEANS_TAIL(8)
-}
-
+/* Block means of one row into abar[0..k): the last block is zero-padded. */
 static void block_means_any(const float *g, float *abar, int64_t n, int64_t k, int64_t block) {
     const float inv_block = 1.0f / (float)block;
     for (int64_t j = 0; j < k; j++) {
@@ -94,97 +38,12 @@ static void block_means_any(const float *g, float *abar, int64_t n, int64_t k, i
     }
 }
 
-static void block_means(const float *g, float *abar, int64_t n, int64_t k, int64_t block) {
-    if (block == 2) block_means_2(g, abar, n, k);
-    else if (block == 4) block_means_4(g, abar, n, k);
-    else if (block == 8) block_means_8(g, abar, n, k);
-    else block_means_any(g, abar, n, k, block);
-}
-
 /* Per-thread row scratch of k floats (k * 2 for pass 2); NULL if malloc fails. */
 #define ROW_SCRATCH(count) ((float *)malloc(sizeof(float) * (size_t)(count)))
-
 
 /* W = W - (o_j + s_j * G), then W -= decay * W, over one row; o and s already multiplied by the
  * step scale. (W - decay * W rather than W * (1 - decay): 1 - decay rounds in fp32.) */
 #define UPDATE(w, o, s, g, decay) do { const float x_ = (w) - ((o) + (s) * (g)); (w) = x_ - (decay) * x_; } while (0)
-
-#ifdef HAVE_SSE3
-/* 4 blocks at a time: each block's (o, s) spread over its entries by in-register shuffles. */
-static inline void update4(float *w, const float *g, __m128 o, __m128 s, __m128 decay) {
-    const __m128 x = _mm_sub_ps(_mm_loadu_ps(w), _mm_add_ps(o, _mm_mul_ps(s, _mm_loadu_ps(g))));
-    _mm_storeu_ps(w, _mm_sub_ps(x, _mm_mul_ps(decay, x)));
-}
-#define LANE(v, i) _mm_shuffle_ps((v), (v), _MM_SHUFFLE(i, i, i, i))
-#endif
-
-static void apply_row_2(float *w, const float *g, const float *off, const float *sl, int64_t n, float scale,
-                        float decay) {
-    const int64_t full = n / 2;
-    int64_t j = 0;
-#ifdef HAVE_SSE3
-    const __m128 sc = _mm_set1_ps(scale), dc = _mm_set1_ps(decay);
-    for (; j + 4 <= full; j += 4) {
-        const __m128 o = _mm_mul_ps(_mm_loadu_ps(off + j), sc), s = _mm_mul_ps(_mm_loadu_ps(sl + j), sc);
-        update4(w + 2 * j, g + 2 * j, _mm_unpacklo_ps(o, o), _mm_unpacklo_ps(s, s), dc);
-        update4(w + 2 * j + 4, g + 2 * j + 4, _mm_unpackhi_ps(o, o), _mm_unpackhi_ps(s, s), dc);
-    }
-#endif
-    for (; j < full; j++) {
-        const float o = off[j] * scale, s = sl[j] * scale;
-        UPDATE(w[2 * j], o, s, g[2 * j], decay);
-        UPDATE(w[2 * j + 1], o, s, g[2 * j + 1], decay);
-    }
-    if (full * 2 < n) UPDATE(w[n - 1], off[full] * scale, sl[full] * scale, g[n - 1], decay);
-}
-
-static void apply_row_4(float *w, const float *g, const float *off, const float *sl, int64_t n, float scale,
-                        float decay) {
-    const int64_t full = n / 4;
-    int64_t j = 0;
-#ifdef HAVE_SSE3
-    const __m128 sc = _mm_set1_ps(scale), dc = _mm_set1_ps(decay);
-    for (; j + 4 <= full; j += 4) {
-        const __m128 o = _mm_mul_ps(_mm_loadu_ps(off + j), sc), s = _mm_mul_ps(_mm_loadu_ps(sl + j), sc);
-        float *wj = w + 4 * j;
-        const float *gj = g + 4 * j;
-        update4(wj, gj, LANE(o, 0), LANE(s, 0), dc);
-        update4(wj + 4, gj + 4, LANE(o, 1), LANE(s, 1), dc);
-        update4(wj + 8, gj + 8, LANE(o, 2), LANE(s, 2), dc);
-        update4(wj + 12, gj + 12, LANE(o, 3), LANE(s, 3), dc);
-    }
-#endif
-    for (; j < full; j++) {
-        const float o = off[j] * scale, s = sl[j] * scale;
-        for (int e = 0; e < 4; e++) UPDATE(w[4 * j + e], o, s, g[4 * j + e], decay);
-    }
-    if (full * 4 < n) {
-        const float o = off[full] * scale, s = sl[full] * scale;
-        for (int64_t e = full * 4; e < n; e++) UPDATE(w[e], o, s, g[e], decay);
-    }
-}
-
-static void apply_row_8(float *w, const float *g, const float *off, const float *sl, int64_t n, float scale,
-                        float decay) {
-    const int64_t full = n / 8;
-    int64_t j = 0;
-#ifdef HAVE_SSE3
-    const __m128 dc = _mm_set1_ps(decay);
-    for (; j < full; j++) {
-        const __m128 o = _mm_set1_ps(off[j] * scale), s = _mm_set1_ps(sl[j] * scale);
-        update4(w + 8 * j, g + 8 * j, o, s, dc);
-        update4(w + 8 * j + 4, g + 8 * j + 4, o, s, dc);
-    }
-#endif
-    for (; j < full; j++) {
-        const float o = off[j] * scale, s = sl[j] * scale;
-        for (int e = 0; e < 8; e++) UPDATE(w[j * 8 + e], o, s, g[j * 8 + e], decay);
-    }
-    if (full * 8 < n) {
-        const float o = off[full] * scale, s = sl[full] * scale;
-        for (int64_t e = full * 8; e < n; e++) UPDATE(w[e], o, s, g[e], decay);
-    }
-}
 
 static void apply_row_any(float *w, const float *g, const float *off, const float *sl, int64_t n, int64_t k,
                           int64_t block, float scale, float decay) {
@@ -196,6 +55,7 @@ static void apply_row_any(float *w, const float *g, const float *off, const floa
     }
 }
 
+#ifdef HAVE_SSE3
 /* Blocks j0..k-1 of one row, one at a time: map from the moments and the block sum, then the
  * update of the block's entries (the tail left by the vector loops and the zero-padded block). */
 static void fused_tail(float *w, const float *g, const float *m, const float *v, int64_t j0, int64_t k, int64_t n,
@@ -211,7 +71,6 @@ static void fused_tail(float *w, const float *g, const float *m, const float *v,
     }
 }
 
-#ifdef HAVE_SSE3
 /* Pass 2 for B = 2 and 4 in one sweep of registers: four blocks' sums, their maps from the
  * moments, and the update of their entries from the gradient already loaded. */
 static inline __m128 block_maps(const float *m, const float *v, __m128 abar, __m128 eps, __m128 down,
@@ -221,6 +80,8 @@ static inline __m128 block_maps(const float *m, const float *v, __m128 abar, __m
     const __m128 normalized = _mm_mul_ps(_mm_loadu_ps(m), inv);
     return _mm_mul_ps(_mm_sub_ps(_mm_mul_ps(normalized, down), _mm_mul_ps(abar, inv)), scale);
 }
+
+#define LANE(v, i) _mm_shuffle_ps((v), (v), _MM_SHUFFLE(i, i, i, i))
 
 static inline void update_reg(float *w, __m128 g, __m128 o, __m128 s, __m128 decay) {
     const __m128 x = _mm_sub_ps(_mm_loadu_ps(w), _mm_add_ps(o, _mm_mul_ps(s, g)));
@@ -338,7 +199,7 @@ static float pass1_row(const float *g, float *m, float *v, float *abar, int64_t 
     if (block == 2 || block == 4 || block == 8)
         j0 = moments_row(g, m, v, n, block, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, up, &row_sq);
 #endif
-    if (j0 == 0) block_means(g, abar, n, k, block);
+    if (j0 == 0) block_means_any(g, abar, n, k, block);
     else block_means_any(g + j0 * block, abar + j0, n - j0 * block, k - j0, block);
 #pragma omp simd reduction(+ : row_sq)
     for (int64_t j = j0; j < k; j++) {
@@ -365,17 +226,14 @@ static void pass2_row(float *w, const float *g, const float *m, const float *v, 
         return;
     }
 #endif
-    block_means(g, off, n, k, block);
+    block_means_any(g, off, n, k, block);
 #pragma omp simd
     for (int64_t j = 0; j < k; j++) {
         const float inv = 1.0f / (sqrtf(v[j]) + eps);
         sl[j] = inv;
         off[j] = (m[j] * inv) * down - off[j] * inv;
     }
-    if (block == 2) apply_row_2(w, g, off, sl, n, scale, decay);
-    else if (block == 4) apply_row_4(w, g, off, sl, n, scale, decay);
-    else if (block == 8) apply_row_8(w, g, off, sl, n, scale, decay);
-    else apply_row_any(w, g, off, sl, n, k, block, scale, decay);
+    apply_row_any(w, g, off, sl, n, k, block, scale, decay);
 }
 
 #define PTR(type, table, index) ((type *)(uintptr_t)(table)[index])

@@ -5,13 +5,17 @@ at first use and called through ctypes.
 torch.compile's C++ code for the closed form stays scalar when blocks are shorter than a
 vector (levels 1-2: B = 2 or 4) and ran 3-5x slower than torch's fused AdamW here; this
 kernel walks each row once per pass with no index arithmetic. It handles contiguous fp32
-CPU tensors; everything else takes the torch path. ``GWT_CPU_KERNEL=0`` turns it off.
+CPU tensors; everything else takes the torch path. ``GWT_CPU_KERNEL=0`` turns it off;
+``GWT_CPU_KERNEL_CFLAGS`` adds compiler flags; builds are cached per source, flags and CPU in
+``GWT_CACHE_DIR`` (default ``~/.cache/gwt``).
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
 import os
+import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -32,13 +36,26 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
+def _cpu_identity() -> str:
+    """What -march=native depends on: the CPU's model and feature flags (Linux), so that a cache
+    shared between machines (a cluster's home directory) never loads another CPU's build."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = [line for line in info if line.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
 def _build() -> ctypes.CDLL:
     code = b"".join(source.read_bytes() for source in SOURCES)
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler (cc/gcc) found")
-    flags = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", "-lm"]
-    tag = hashlib.sha256(code + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
+    # GWT_CPU_KERNEL_CFLAGS: extra compiler flags, after the defaults (e.g. -march=x86-64-v2)
+    extra = shlex.split(os.environ.get("GWT_CPU_KERNEL_CFLAGS", ""))
+    flags = ["-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC", *extra, "-lm"]
+    tag = hashlib.sha256(code + " ".join([compiler, *flags, _cpu_identity()]).encode()).hexdigest()[:16]
     target = _cache_dir() / f"gwt_cpu_{tag}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
