@@ -294,6 +294,34 @@ def test_cuda_tracks_fp64_reference(compile_step):
     assert pb.dtype == torch.bfloat16
 
 
+def _kernel_torch_fp64(shape, seed: int, path: str, **options):
+    """The same 5 steps with the fp32 C kernel, the fp32 torch path and fp64: each run's
+    parameter error relative to the distance moved in fp64, and the kernel's relative error in V.
+    Checks that the kernel run took `path` and the others did not."""
+    from gwt.optim import cpu_kernel
+
+    assert cpu_kernel.library() is not None, cpu_kernel.failure()
+    torch.manual_seed(seed)
+    w0 = torch.randn(shape, dtype=torch.float64)
+    grads = [torch.randn(shape, dtype=torch.float64) * (1 + t) for t in range(5)]
+    out = {}
+    for name, dtype, use_kernel in (("kernel", torch.float32, True), ("torch", torch.float32, False),
+                                    ("fp64", torch.float64, False)):
+        p = torch.nn.Parameter(w0.clone().to(dtype))
+        opt = GWTAdamW([p], lr=1e-2, weight_decay=0.1, cpu_kernel=use_kernel, **options)
+        p.grad = grads[0].to(dtype)
+        taken = opt._path(p, p.grad, {"exp_avg": p.grad, "exp_avg_sq": p.grad}, opt.param_groups[0])
+        assert (taken == path) == (name == "kernel"), (name, taken)
+        for g in grads:
+            p.grad = g.to(dtype)
+            opt.step()
+        out[name] = (p.detach().double(), opt.state[p]["exp_avg_sq"].double())
+    moved = (out["fp64"][0] - w0).norm()
+    err = {k: ((out[k][0] - out["fp64"][0]).norm() / moved).item() for k in ("kernel", "torch")}
+    v_err = ((out["kernel"][1] - out["fp64"][1]).norm() / out["fp64"][1].norm()).item()
+    return err, v_err
+
+
 @pytest.mark.parametrize("level", [1, 2, 3, 4, 7])
 @pytest.mark.parametrize("shape", [(16, 256), (9, 300), (5, 129)])
 @pytest.mark.parametrize("limiter", [1.01, None])
@@ -302,25 +330,8 @@ def test_cpu_kernel_as_accurate_as_torch_path(level, shape, limiter):
 
     (GWT updates can be huge where a block mean is tiny, so fp32 rounding is judged against
     the fp64 run rather than with a fixed tolerance.)"""
-    from gwt.optim import cpu_kernel
-
-    assert cpu_kernel.library() is not None, cpu_kernel.failure()
-    torch.manual_seed(level)
-    w0 = torch.randn(shape, dtype=torch.float64)
-    grads = [torch.randn(shape, dtype=torch.float64) * (1 + t) for t in range(5)]
-    out = {}
-    for name, dtype, use_kernel in (("kernel", torch.float32, True), ("torch", torch.float32, False),
-                                    ("fp64", torch.float64, False)):
-        p = torch.nn.Parameter(w0.clone().to(dtype))
-        opt = GWTAdamW([p], lr=1e-2, level=level, limiter=limiter, weight_decay=0.1, cpu_kernel=use_kernel)
-        for g in grads:
-            p.grad = g.to(dtype)
-            opt.step()
-        out[name] = (p.detach().double(), opt.state[p]["exp_avg_sq"].double())
-    moved = (out["fp64"][0] - w0).norm()
-    err = {k: (out[k][0] - out["fp64"][0]).norm() / moved for k in ("kernel", "torch")}
+    err, v_err = _kernel_torch_fp64(shape, level, "cpu_kernel", level=level, limiter=limiter)
     assert err["kernel"] < 1e-4 and err["kernel"] < 3 * err["torch"] + 1e-6, err
-    v_err = (out["kernel"][1] - out["fp64"][1]).norm() / out["fp64"][1].norm()
     assert v_err < 1e-6, v_err
 
 
@@ -335,29 +346,9 @@ def test_cpu_dwt_kernel_as_accurate_as_ptwt_path(wavelet, level, shape, limiter)
     eps = 0.1 keeps every denominator away from 0: with the default eps a few tiny
     approximation coefficients amplify fp32 rounding arbitrarily (the kernel and the fp32
     ptwt path then differ from fp64 by 1e-7 to 1e-4, each luckier in about half the cases)."""
-    from gwt.optim import cpu_kernel
-
-    assert cpu_kernel.library() is not None, cpu_kernel.failure()
-    torch.manual_seed(level)
-    w0 = torch.randn(shape, dtype=torch.float64)
-    grads = [torch.randn(shape, dtype=torch.float64) * (1 + t) for t in range(5)]
-    out = {}
-    for name, dtype, use_kernel in (("kernel", torch.float32, True), ("torch", torch.float32, False),
-                                    ("fp64", torch.float64, False)):
-        p = torch.nn.Parameter(w0.clone().to(dtype))
-        opt = GWTAdamW([p], lr=1e-2, wavelet=wavelet, level=level, limiter=limiter, alpha=0.5, weight_decay=0.1,
-                       eps=0.1, cpu_kernel=use_kernel)
-        p.grad = grads[0].to(dtype)
-        assert opt._path(p, p.grad, {"exp_avg": p.grad, "exp_avg_sq": p.grad}, opt.param_groups[0]) == \
-            {"kernel": "cpu_dwt"}.get(name, "general")
-        for g in grads:
-            p.grad = g.to(dtype)
-            opt.step()
-        out[name] = (p.detach().double(), opt.state[p]["exp_avg_sq"].double())
-    moved = (out["fp64"][0] - w0).norm()
-    err = {k: ((out[k][0] - out["fp64"][0]).norm() / moved).item() for k in ("kernel", "torch")}
+    err, v_err = _kernel_torch_fp64(shape, level, "cpu_dwt", wavelet=wavelet, level=level, limiter=limiter,
+                                    alpha=0.5, eps=0.1)
     assert err["kernel"] < 2e-5 and err["kernel"] < 1.5 * err["torch"], err
-    v_err = (out["kernel"][1] - out["fp64"][1]).norm() / out["fp64"][1].norm()
     assert v_err < 1e-6, v_err
 
 

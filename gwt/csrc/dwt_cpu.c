@@ -24,6 +24,10 @@
 
 #define MAX_LEVEL 32
 
+/* In haar_cpu.c: Adam moments of up * a in place, returns ||M / (sqrt(V) + eps)||^2. */
+float gwt_moments(const float *a, float *m, float *v, int64_t count, float up, float beta1, float beta2,
+                  float one_minus_beta1, float one_minus_beta2, float eps);
+
 /* Analysis filters split by phase: a[o] = sum_u lo_e[u] * xe[o + u] + lo_o[u] * xo[o + u], where
  * xe[t] = x[2(t - H + 1)] and xo[t] = x[2(t - H + 1) + 1] (H - 1 leading zeros). */
 typedef struct {
@@ -70,8 +74,7 @@ static void split_phases(const float *x, int64_t len, int64_t h, float *xe, floa
 
 /* One analysis level: a (and d unless NULL) of length out_len from the phases of the input;
  * one synthesis level: x[0..len0) from a, d of length len1 (len0 <= 2 len1 - F + 2, so every
- * index s + u stays below len1), or, with `w` given, the last level of pass 2 applied to the
- * parameter row instead of stored: w = w - scale * x, then w -= decay * w.
+ * index s + u stays below len1).
  * Each output keeps its sums in registers and the loop over outputs vectorises; the filter
  * half-length H is a compile-time constant for the common wavelets (H = 2..5: db2-db5, sym2-sym5,
  * coif1) so that the tap loop unrolls, with a generic instance for the rest. */
@@ -116,29 +119,8 @@ static void split_phases(const float *x, int64_t len, int64_t h, float *xe, floa
             for (int64_t u = 0; u < h; u++) even += f->rl_e[u] * a[no + u] + f->rh_e[u] * d[no + u];    \
             x[2 * no] = even;                                                                           \
         }                                                                                               \
-    }                                                                                                   \
-    static void synthesize_apply_##SUFFIX(const filters *f, const float *restrict a,                    \
-                                          const float *restrict d, float *restrict w, int64_t len0,      \
-                                          float scale, float decay) {                                   \
-        HDECL;                                                                                          \
-        const int64_t no = len0 / 2;                                                                    \
-        _Pragma("omp simd") for (int64_t s = 0; s < no; s++) {                                          \
-            float even = 0.0f, odd = 0.0f;                                                              \
-            for (int64_t u = 0; u < h; u++) {                                                           \
-                even += f->rl_e[u] * a[s + u] + f->rh_e[u] * d[s + u];                                  \
-                odd += f->rl_o[u] * a[s + u] + f->rh_o[u] * d[s + u];                                   \
-            }                                                                                           \
-            const float we = w[2 * s] - scale * even, wo = w[2 * s + 1] - scale * odd;                  \
-            w[2 * s] = we - decay * we;                                                                 \
-            w[2 * s + 1] = wo - decay * wo;                                                             \
-        }                                                                                               \
-        if (len0 % 2) {                                                                                 \
-            float even = 0.0f;                                                                          \
-            for (int64_t u = 0; u < h; u++) even += f->rl_e[u] * a[no + u] + f->rh_e[u] * d[no + u];    \
-            const float we = w[2 * no] - scale * even;                                                  \
-            w[2 * no] = we - decay * we;                                                                \
-        }                                                                                               \
     }
+
 LEVEL_FUNCS(2, const int64_t h = 2)
 LEVEL_FUNCS(3, const int64_t h = 3)
 LEVEL_FUNCS(4, const int64_t h = 4)
@@ -149,11 +131,10 @@ typedef struct {
     void (*analyze_a)(const filters *, const float *, const float *, float *, int64_t);
     void (*analyze_ad)(const filters *, const float *, const float *, float *, float *, int64_t);
     void (*synthesize)(const filters *, const float *, const float *, float *, int64_t);
-    void (*synthesize_apply)(const filters *, const float *, const float *, float *, int64_t, float, float);
 } level_funcs;
 
 #define FUNCS(SUFFIX) \
-    (level_funcs) { analyze_a_##SUFFIX, analyze_ad_##SUFFIX, synthesize_##SUFFIX, synthesize_apply_##SUFFIX }
+    (level_funcs) { analyze_a_##SUFFIX, analyze_ad_##SUFFIX, synthesize_##SUFFIX }
 
 static level_funcs funcs_for(int64_t h) {
     switch (h) {
@@ -212,19 +193,8 @@ int gwt_dwt_pass1(int64_t count, const int64_t *grads, const int64_t *exp_avgs, 
                     x = out;
                     out = (out == buf0) ? buf1 : buf0;
                 }
-                float *m = exp_avg + i * k, *v = exp_avg_sq + i * k;
-                float row_sq = 0.0f;
-#pragma omp simd reduction(+ : row_sq)
-                for (int64_t j = 0; j < k; j++) {
-                    const float a = x[j];
-                    const float mj = m[j] * beta1 + one_minus_beta1 * a;
-                    const float vj = v[j] * beta2 + one_minus_beta2 * a * a;
-                    const float normalized = mj * (1.0f / (sqrtf(vj) + eps));
-                    m[j] = mj;
-                    v[j] = vj;
-                    row_sq += normalized * normalized;
-                }
-                local[c] += row_sq;
+                local[c] += gwt_moments(x, exp_avg + i * k, exp_avg_sq + i * k, k, 1.0f, beta1, beta2,
+                                        one_minus_beta1, one_minus_beta2, eps);
             }
         }
         if (local != NULL) {
@@ -291,15 +261,19 @@ int gwt_dwt_pass2(int64_t count, const int64_t *params, const int64_t *grads, co
                     const int shift = (int)(level - l);
                     for (int64_t o = 0; o < lens[l]; o++) d[o] *= inv[o >> shift];
                 }
-                /* synthesis back to length n (ping-pong between the two approximation buffers); the
-                 * last level updates the parameter row directly */
+                /* synthesis back to length n (ping-pong between the two approximation buffers) */
                 const float *a = coarse;
-                for (int64_t l = level; l >= 2; l--) {
+                for (int64_t l = level; l >= 1; l--) {
                     float *dst = (a == buf0) ? buf1 : buf0;
                     fn.synthesize(&f, a, details + detail_at[l], dst, lens[l - 1]);
                     a = dst;
                 }
-                fn.synthesize_apply(&f, a, details + detail_at[1], param + i * n, n, scale, decay);
+                float *w = param + i * n;
+#pragma omp simd
+                for (int64_t e = 0; e < n; e++) {
+                    const float moved = w[e] - scale * a[e];
+                    w[e] = moved - decay * moved;  /* as W - lr*wd*W: (1 - decay) in fp32 would round */
+                }
             }
         }
         free(work);

@@ -71,8 +71,8 @@ static void fused_tail(float *w, const float *g, const float *m, const float *v,
     }
 }
 
-/* Pass 2 for B = 2 and 4 in one sweep of registers: four blocks' sums, their maps from the
- * moments, and the update of their entries from the gradient already loaded. */
+/* Pass 2 helpers for B = 2, 4, 8: maps of four blocks from their moments, and the update of
+ * four entries. */
 static inline __m128 block_maps(const float *m, const float *v, __m128 abar, __m128 eps, __m128 down,
                                 __m128 scale, __m128 *slope) {
     const __m128 inv = _mm_div_ps(_mm_set1_ps(1.0f), _mm_add_ps(_mm_sqrt_ps(_mm_loadu_ps(v)), eps));
@@ -88,65 +88,38 @@ static inline void update_reg(float *w, __m128 g, __m128 o, __m128 s, __m128 dec
     _mm_storeu_ps(w, _mm_sub_ps(x, _mm_mul_ps(decay, x)));
 }
 
-static int64_t fused_row_4(float *w, const float *g, const float *m, const float *v, int64_t n, float eps,
-                           float down, float scale, float decay) {
-    const int64_t vec = (n / 4) / 4 * 4;
-    const __m128 e_ = _mm_set1_ps(eps), d_ = _mm_set1_ps(down), s_ = _mm_set1_ps(scale),
-                 wd = _mm_set1_ps(decay), quarter = _mm_set1_ps(0.25f);
-    for (int64_t j = 0; j < vec; j += 4) {
-        const float *q = g + 4 * j;
-        const __m128 g0 = _mm_loadu_ps(q), g1 = _mm_loadu_ps(q + 4), g2 = _mm_loadu_ps(q + 8), g3 = _mm_loadu_ps(q + 12);
-        const __m128 abar = _mm_mul_ps(_mm_hadd_ps(_mm_hadd_ps(g0, g1), _mm_hadd_ps(g2, g3)), quarter);
-        __m128 sl;
-        const __m128 o = block_maps(m + j, v + j, abar, e_, d_, s_, &sl);
-        float *wj = w + 4 * j;
-        update_reg(wj, g0, LANE(o, 0), LANE(sl, 0), wd);
-        update_reg(wj + 4, g1, LANE(o, 1), LANE(sl, 1), wd);
-        update_reg(wj + 8, g2, LANE(o, 2), LANE(sl, 2), wd);
-        update_reg(wj + 12, g3, LANE(o, 3), LANE(sl, 3), wd);
-    }
-    return vec;
+/* The four blocks of B = 2, 4 or 8 entries at q: loads them into gv[0..B) and returns their
+ * four sums in order. */
+static inline __attribute__((always_inline)) __m128 block_sums4(const float *q, int64_t block, __m128 *gv) {
+    for (int r = 0; r < block; r++) gv[r] = _mm_loadu_ps(q + 4 * r);
+    if (block == 2) return _mm_hadd_ps(gv[0], gv[1]);
+    if (block == 4) return _mm_hadd_ps(_mm_hadd_ps(gv[0], gv[1]), _mm_hadd_ps(gv[2], gv[3]));
+    return _mm_hadd_ps(_mm_hadd_ps(_mm_add_ps(gv[0], gv[1]), _mm_add_ps(gv[2], gv[3])),
+                       _mm_hadd_ps(_mm_add_ps(gv[4], gv[5]), _mm_add_ps(gv[6], gv[7])));
 }
 
-static int64_t fused_row_2(float *w, const float *g, const float *m, const float *v, int64_t n, float eps,
-                           float down, float scale, float decay) {
-    const int64_t vec = (n / 2) / 4 * 4;
+/* Pass 2 for B = 2, 4, 8 four blocks at a time: sums, maps from the moments, and the update of
+ * the entries from the gradient already in registers. Returns the blocks done. */
+static inline __attribute__((always_inline)) int64_t fused_row(float *w, const float *g, const float *m,
+                                                               const float *v, int64_t n, int64_t block, float eps,
+                                                               float down, float scale, float decay) {
+    const int64_t vec = (n / block) / 4 * 4, per = block / 4;
     const __m128 e_ = _mm_set1_ps(eps), d_ = _mm_set1_ps(down), s_ = _mm_set1_ps(scale),
-                 wd = _mm_set1_ps(decay), half = _mm_set1_ps(0.5f);
+                 wd = _mm_set1_ps(decay), mean = _mm_set1_ps(1.0f / (float)block);
     for (int64_t j = 0; j < vec; j += 4) {
-        const float *q = g + 2 * j;
-        const __m128 g0 = _mm_loadu_ps(q), g1 = _mm_loadu_ps(q + 4);
-        const __m128 abar = _mm_mul_ps(_mm_hadd_ps(g0, g1), half);
-        __m128 sl;
+        __m128 gv[8], sl;
+        const __m128 abar = _mm_mul_ps(block_sums4(g + block * j, block, gv), mean);
         const __m128 o = block_maps(m + j, v + j, abar, e_, d_, s_, &sl);
-        update_reg(w + 2 * j, g0, _mm_unpacklo_ps(o, o), _mm_unpacklo_ps(sl, sl), wd);
-        update_reg(w + 2 * j + 4, g1, _mm_unpackhi_ps(o, o), _mm_unpackhi_ps(sl, sl), wd);
-    }
-    return vec;
-}
-
-static int64_t fused_row_8(float *w, const float *g, const float *m, const float *v, int64_t n, float eps,
-                           float down, float scale, float decay) {
-    const int64_t vec = (n / 8) / 4 * 4;
-    const __m128 e_ = _mm_set1_ps(eps), d_ = _mm_set1_ps(down), s_ = _mm_set1_ps(scale),
-                 wd = _mm_set1_ps(decay), eighth = _mm_set1_ps(0.125f);
-    for (int64_t j = 0; j < vec; j += 4) {
-        const float *q = g + 8 * j;
-        __m128 gv[8];
-        for (int r = 0; r < 8; r++) gv[r] = _mm_loadu_ps(q + 4 * r);
-        const __m128 sums = _mm_hadd_ps(_mm_hadd_ps(_mm_add_ps(gv[0], gv[1]), _mm_add_ps(gv[2], gv[3])),
-                                        _mm_hadd_ps(_mm_add_ps(gv[4], gv[5]), _mm_add_ps(gv[6], gv[7])));
-        __m128 sl;
-        const __m128 o = block_maps(m + j, v + j, _mm_mul_ps(sums, eighth), e_, d_, s_, &sl);
-        float *wj = w + 8 * j;
-        update_reg(wj, gv[0], LANE(o, 0), LANE(sl, 0), wd);
-        update_reg(wj + 4, gv[1], LANE(o, 0), LANE(sl, 0), wd);
-        update_reg(wj + 8, gv[2], LANE(o, 1), LANE(sl, 1), wd);
-        update_reg(wj + 12, gv[3], LANE(o, 1), LANE(sl, 1), wd);
-        update_reg(wj + 16, gv[4], LANE(o, 2), LANE(sl, 2), wd);
-        update_reg(wj + 20, gv[5], LANE(o, 2), LANE(sl, 2), wd);
-        update_reg(wj + 24, gv[6], LANE(o, 3), LANE(sl, 3), wd);
-        update_reg(wj + 28, gv[7], LANE(o, 3), LANE(sl, 3), wd);
+        float *wj = w + block * j;
+        if (block == 2) {
+            update_reg(wj, gv[0], _mm_unpacklo_ps(o, o), _mm_unpacklo_ps(sl, sl), wd);
+            update_reg(wj + 4, gv[1], _mm_unpackhi_ps(o, o), _mm_unpackhi_ps(sl, sl), wd);
+            continue;
+        }
+        const __m128 os[4] = {LANE(o, 0), LANE(o, 1), LANE(o, 2), LANE(o, 3)};
+        const __m128 ss[4] = {LANE(sl, 0), LANE(sl, 1), LANE(sl, 2), LANE(sl, 3)};
+        for (int b = 0; b < 4; b++)
+            for (int r = 0; r < per; r++) update_reg(wj + 4 * (b * per + r), gv[b * per + r], os[b], ss[b], wd);
     }
     return vec;
 }
@@ -161,21 +134,8 @@ static int64_t moments_row(const float *g, float *m, float *v, int64_t n, int64_
                  mean = _mm_set1_ps(1.0f / (float)block), one = _mm_set1_ps(1.0f);
     __m128 acc = _mm_setzero_ps();
     for (int64_t j = 0; j < vec; j += 4) {
-        const float *q = g + block * j;
-        __m128 sums;
-        if (block == 2) {
-            sums = _mm_hadd_ps(_mm_loadu_ps(q), _mm_loadu_ps(q + 4));
-        } else if (block == 4) {
-            sums = _mm_hadd_ps(_mm_hadd_ps(_mm_loadu_ps(q), _mm_loadu_ps(q + 4)),
-                               _mm_hadd_ps(_mm_loadu_ps(q + 8), _mm_loadu_ps(q + 12)));
-        } else {
-            const __m128 s0 = _mm_add_ps(_mm_loadu_ps(q), _mm_loadu_ps(q + 4));
-            const __m128 s1 = _mm_add_ps(_mm_loadu_ps(q + 8), _mm_loadu_ps(q + 12));
-            const __m128 s2 = _mm_add_ps(_mm_loadu_ps(q + 16), _mm_loadu_ps(q + 20));
-            const __m128 s3 = _mm_add_ps(_mm_loadu_ps(q + 24), _mm_loadu_ps(q + 28));
-            sums = _mm_hadd_ps(_mm_hadd_ps(s0, s1), _mm_hadd_ps(s2, s3));
-        }
-        const __m128 a = _mm_mul_ps(_mm_mul_ps(sums, mean), u_);
+        __m128 gv[8];
+        const __m128 a = _mm_mul_ps(_mm_mul_ps(block_sums4(g + block * j, block, gv), mean), u_);
         const __m128 mj = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(m + j), b1), _mm_mul_ps(c1, a));
         const __m128 vj = _mm_add_ps(_mm_mul_ps(_mm_loadu_ps(v + j), b2), _mm_mul_ps(_mm_mul_ps(c2, a), a));
         const __m128 normalized = _mm_mul_ps(mj, _mm_div_ps(one, _mm_add_ps(_mm_sqrt_ps(vj), e_)));
@@ -190,6 +150,24 @@ static int64_t moments_row(const float *g, float *m, float *v, int64_t n, int64_
 }
 #endif
 
+/* Adam moments of up * a[0..count) in place; returns ||M / (sqrt(V) + eps)||^2 (also used by
+ * dwt_cpu.c on the approximation of the general transform, with up = 1). */
+float gwt_moments(const float *a, float *m, float *v, int64_t count, float up, float beta1, float beta2,
+                  float one_minus_beta1, float one_minus_beta2, float eps) {
+    float sum_sq = 0.0f;
+#pragma omp simd reduction(+ : sum_sq)
+    for (int64_t j = 0; j < count; j++) {
+        const float x = a[j] * up;
+        const float mj = m[j] * beta1 + one_minus_beta1 * x;
+        const float vj = v[j] * beta2 + one_minus_beta2 * x * x;
+        const float normalized = mj * (1.0f / (sqrtf(vj) + eps));
+        m[j] = mj;
+        v[j] = vj;
+        sum_sq += normalized * normalized;
+    }
+    return sum_sq;
+}
+
 /* Pass 1 for one row: moments of the row's blocks in place; returns ||M / (sqrt(V) + eps)||^2. */
 static float pass1_row(const float *g, float *m, float *v, float *abar, int64_t n, int64_t k, int64_t block,
                        float beta1, float beta2, float one_minus_beta1, float one_minus_beta2, float eps, float up) {
@@ -201,17 +179,8 @@ static float pass1_row(const float *g, float *m, float *v, float *abar, int64_t 
 #endif
     if (j0 == 0) block_means_any(g, abar, n, k, block);
     else block_means_any(g + j0 * block, abar + j0, n - j0 * block, k - j0, block);
-#pragma omp simd reduction(+ : row_sq)
-    for (int64_t j = j0; j < k; j++) {
-        const float a = abar[j] * up;
-        const float mj = m[j] * beta1 + one_minus_beta1 * a;
-        const float vj = v[j] * beta2 + one_minus_beta2 * a * a;
-        const float normalized = mj * (1.0f / (sqrtf(vj) + eps));
-        m[j] = mj;
-        v[j] = vj;
-        row_sq += normalized * normalized;
-    }
-    return row_sq;
+    return row_sq + gwt_moments(abar + j0, m + j0, v + j0, k - j0, up, beta1, beta2, one_minus_beta1,
+                                one_minus_beta2, eps);
 }
 
 /* Pass 2 for one row: the per-block map from the updated moments and the block means, applied. */
@@ -219,9 +188,10 @@ static void pass2_row(float *w, const float *g, const float *m, const float *v, 
                       int64_t k, int64_t block, float eps, float down, float scale, float decay) {
 #ifdef HAVE_SSE3
     if (block == 2 || block == 4 || block == 8) {
-        const int64_t done = block == 4   ? fused_row_4(w, g, m, v, n, eps, down, scale, decay)
-                             : block == 2 ? fused_row_2(w, g, m, v, n, eps, down, scale, decay)
-                                          : fused_row_8(w, g, m, v, n, eps, down, scale, decay);
+        /* constant block sizes, so that each call is specialised */
+        const int64_t done = block == 4   ? fused_row(w, g, m, v, n, 4, eps, down, scale, decay)
+                             : block == 2 ? fused_row(w, g, m, v, n, 2, eps, down, scale, decay)
+                                          : fused_row(w, g, m, v, n, 8, eps, down, scale, decay);
         fused_tail(w, g, m, v, done, k, n, block, eps, down, scale, decay);
         return;
     }
