@@ -31,16 +31,16 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gwt.data.glue import collate_glue, get_task, load_glue, tokenize_glue
+from gwt_lab.data.glue import collate_glue, get_task, load_glue, tokenize_glue
 from gwt.memory import optimizer_state_bytes
-from gwt.metrics import SCORE_KEYS, glue_eval_metrics
-from gwt.models import build_glue_model
+from gwt_lab.metrics import SCORE_KEYS, glue_eval_metrics
+from gwt_lab.models import build_glue_model
 from gwt.optim import build_optimizer, optimizer_options
-from gwt.train import (SCHEDULE_NAMES, CheckpointManager, MetricsLogger, StopSignal, build_scheduler,
+from gwt_lab.train import (SCHEDULE_NAMES, CheckpointManager, MetricsLogger, StopSignal, build_scheduler,
                        check_output_dir, git_commit, gradient_accumulation_steps, peak_memory_bytes,
                        progress_bar, reset_peak_memory, rng_state, seed_everything, set_rng_state,
                        truncate_metrics, write_result)
-from gwt.train.epochs import epoch_batches, length_sorted_batches, micro_batches
+from gwt_lab.train.epochs import epoch_batches, length_sorted_batches, micro_batches
 
 PRECISIONS = {"fp32": "no", "bf16": "bf16"}  # precision -> Accelerate mixed_precision
 LOGGERS = ("none", "wandb")

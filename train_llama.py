@@ -28,11 +28,11 @@ import torch
 from accelerate import Accelerator
 from omegaconf import DictConfig, OmegaConf
 
-from gwt.data.lm import TextSource, check_source, epoch_documents, eval_batches, load_tokenizer, TokenStream
+from gwt_lab.data.lm import TextSource, check_source, epoch_documents, eval_batches, load_tokenizer, TokenStream
 from gwt.memory import optimizer_state_bytes
-from gwt.models import LLAMA_ARCH_KEYS, build_llama, count_parameters
+from gwt_lab.models import LLAMA_ARCH_KEYS, build_llama, count_parameters
 from gwt.optim import build_optimizer
-from gwt.train import (CheckpointManager, MetricsLogger, StopSignal, build_scheduler, causal_lm_loss_sum,
+from gwt_lab.train import (CheckpointManager, MetricsLogger, StopSignal, build_scheduler, causal_lm_loss_sum,
                        check_output_dir, count_targets, git_commit, gradient_accumulation_steps, peak_memory_bytes,
                        progress_bar, reset_peak_memory, rng_state, seed_everything, set_rng_state,
                        truncate_metrics, warmup_steps_from, write_result)

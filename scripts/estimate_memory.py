@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from gwt.results import LLAMA_SIZES, PAPER_LLAMA, Table, load_paper, ours_paper, paper_value  # noqa: E402
+from gwt_lab.results import LLAMA_SIZES, PAPER_LLAMA, Table, load_paper, ours_paper, paper_value  # noqa: E402
 
 # Table A1 (and the released configs for 1B): hidden, intermediate, heads, layers.
 TABLE_A1_DIMS = {

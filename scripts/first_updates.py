@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gwt.data.glue import collate_glue, get_task, load_glue, tokenize_glue  # noqa: E402
-from gwt.models import build_glue_model  # noqa: E402
+from gwt_lab.data.glue import collate_glue, get_task, load_glue, tokenize_glue  # noqa: E402
+from gwt_lab.models import build_glue_model  # noqa: E402
 from gwt.optim import build_optimizer  # noqa: E402
 
 WATCH = ("attention.self.query.weight", "intermediate.dense.weight", "output.dense.weight")

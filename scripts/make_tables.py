@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 from estimate_memory import METHODS, TABLE4_MODELS, Estimator, estimate, llama_shapes, table_a4  # noqa: E402
-from gwt.results import (  # noqa: E402
+from gwt_lab.results import (  # noqa: E402
     GLUE_PAPER_EPOCHS, GLUE_PAPER_MODEL, GLUE_TASKS, LLAMA_SIZES, PAPER_LLAMA, Run, Table,
     human_count, load_paper, load_runs, mean_cell, ours_paper, paper_value, parse_count,
 )

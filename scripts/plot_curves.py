@@ -33,7 +33,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gwt.results import LLAMA_SIZES, Run, human_count, load_runs  # noqa: E402
+from gwt_lab.results import LLAMA_SIZES, Run, human_count, load_runs  # noqa: E402
 
 FIGURES = ("2", "3", "5", "6")
 PAPER_SIZES = ("llama_60m", "llama_130m", "llama_350m", "llama_1b")

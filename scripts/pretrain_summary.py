@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gwt.results import method_label  # noqa: E402
+from gwt_lab.results import method_label  # noqa: E402
 
 STUDIES = {
     "throughput_llama20m": ("CPU throughput and memory: llama_20m, AdamW vs GWT Haar-2",

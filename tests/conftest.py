@@ -24,8 +24,3 @@ def tiny_llama():
                          num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=32)
     return LlamaForCausalLM(config)
 
-
-def lm_loss(model, seed: int = 0, batch: int = 2, length: int = 12):
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=gen)
-    return model(input_ids=ids, labels=ids).loss

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gwt.train.checkpoint import latest_checkpoint
+from gwt_lab.train.checkpoint import latest_checkpoint
 
 RUN_MARKERS = ("checkpoints", "metrics.jsonl", "result.json")
 

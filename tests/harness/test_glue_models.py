@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from gwt.models import build_glue_model
+from gwt_lab.models import build_glue_model
 
 TOKENIZER = os.path.join(os.environ["GWT_TOKENIZER_DIR"], "roberta-base")
 

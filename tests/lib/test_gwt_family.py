@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import lm_loss
+from tests.helpers import lm_loss
 from gwt import GWT, GWTAdafactor, GWTAdamW, build_optimizer, estimate_state_bytes, gwt_param_groups
 from gwt import optimizer_state_bytes
 from gwt.groups import target_linear_weights

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
 import plot_curves  # noqa: E402
-from gwt.results import load_runs  # noqa: E402
+from gwt_lab.results import load_runs  # noqa: E402
 
 GWT = {"name": "gwt", "wavelet": "haar", "level": 2, "alpha": 0.25, "limiter": 1.01, "lr": 0.01}
 

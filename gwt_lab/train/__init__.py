@@ -14,16 +14,16 @@ Nothing here imports Hydra, W&B or Accelerate: callers pass plain values and cal
 - ``batching``: ``gradient_accumulation_steps``.
 - ``lm_loss``: ``causal_lm_loss_sum`` (sum, count) for exact per-token means, ``count_targets``.
 """
-from gwt.train.batching import gradient_accumulation_steps
-from gwt.train.lm_loss import causal_lm_loss_sum, count_targets
-from gwt.train.checkpoint import CheckpointManager, latest_checkpoint, list_checkpoints
-from gwt.train.memory_usage import peak_memory_bytes, peak_rss_bytes, reset_peak_memory
-from gwt.train.metrics import MetricsLogger, progress_bar, read_metrics, truncate_metrics
-from gwt.train.output_dir import OutputDirError, check_output_dir, inspect_output_dir
-from gwt.train.results import git_commit, read_result, write_json_atomic, write_result
-from gwt.train.schedule import SCHEDULE_NAMES, build_scheduler, lr_multiplier, warmup_steps_from
-from gwt.train.seeding import rng_state, seed_everything, set_rng_state
-from gwt.train.signals import StopSignal
+from gwt_lab.train.batching import gradient_accumulation_steps
+from gwt_lab.train.lm_loss import causal_lm_loss_sum, count_targets
+from gwt_lab.train.checkpoint import CheckpointManager, latest_checkpoint, list_checkpoints
+from gwt_lab.train.memory_usage import peak_memory_bytes, peak_rss_bytes, reset_peak_memory
+from gwt_lab.train.metrics import MetricsLogger, progress_bar, read_metrics, truncate_metrics
+from gwt_lab.train.output_dir import OutputDirError, check_output_dir, inspect_output_dir
+from gwt_lab.train.results import git_commit, read_result, write_json_atomic, write_result
+from gwt_lab.train.schedule import SCHEDULE_NAMES, build_scheduler, lr_multiplier, warmup_steps_from
+from gwt_lab.train.seeding import rng_state, seed_everything, set_rng_state
+from gwt_lab.train.signals import StopSignal
 
 __all__ = [
     "CheckpointManager", "MetricsLogger", "OutputDirError", "SCHEDULE_NAMES", "StopSignal",

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from gwt.metrics import SCORE_KEYS, glue_eval_metrics, glue_metrics
+from gwt_lab.metrics import SCORE_KEYS, glue_eval_metrics, glue_metrics
 
 
 def test_matthews_correlation_cola():

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
 
 import make_tables  # noqa: E402
-from gwt.results import Run, Table, load_paper, load_runs, method_label  # noqa: E402
+from gwt_lab.results import Run, Table, load_paper, load_runs, method_label  # noqa: E402
 
 PAPER = REPO / "results" / "paper"
 

@@ -1,10 +1,10 @@
-"""LLaMA model configs and construction (gwt.models + configs/model/llama_*.yaml)."""
+"""LLaMA model configs and construction (gwt_lab.models + configs/model/llama_*.yaml)."""
 import pytest
 import torch
 import yaml
 
-from gwt.models import LLAMA_ARCH_KEYS, build_llama, count_parameters, llama_config
-from _llama_helpers import CONFIGS
+from gwt_lab.models import LLAMA_ARCH_KEYS, build_llama, count_parameters, llama_config
+from tests.helpers import CONFIGS
 
 SIZES = ["llama_tiny", "llama_20m", "llama_60m", "llama_130m", "llama_350m", "llama_1b", "llama_7b"]
 # Released architectures (GaLore / GWT config files); 1B: 32 heads, 24 layers (see shared/paper/README.md).

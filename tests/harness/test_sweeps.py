@@ -7,7 +7,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PRESETS = {  # preset -> (entrypoint config, number of runs)
     "table1": ("train_llama", 16), "table1_level3": ("train_llama", 9), "table2": ("train_llama", 3),
     "table3": ("finetune_glue", 24), "table4": ("train_llama", 15), "fig2": ("train_llama", 21),

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from gwt.slurm import SlurmRequeue, slurm_distributed_env
+from gwt_lab.slurm import SlurmRequeue, slurm_distributed_env
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SBATCH = sorted((REPO / "slurm").glob("*.sbatch"))
 
 
@@ -122,7 +122,7 @@ def test_launcher_configs_compose():
             cfg = compose("train_llama", overrides=[f"hydra/launcher={launcher}", "model=llama_tiny"],
                           return_hydra_config=True)
             assert cfg.hydra.launcher._target_.endswith(target)
-            assert any(cb._target_ == "gwt.slurm.SlurmRequeue" for cb in cfg.hydra.callbacks.values())
+            assert any(cb._target_ == "gwt_lab.slurm.SlurmRequeue" for cb in cfg.hydra.callbacks.values())
             assert cfg.model.name == "llama_tiny"  # the launcher config leaves the run config alone
     assert cfg.resume is False
 

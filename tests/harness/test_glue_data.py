@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from gwt.data.glue import GLUE_TASKS, get_task, load_glue, read_glue_tsv, tokenize_glue
+from gwt_lab.data.glue import GLUE_TASKS, get_task, load_glue, read_glue_tsv, tokenize_glue
 
 GLUE_DIR = os.path.join(os.environ["GWT_DATA_DIR"], "glue")
 

@@ -172,7 +172,7 @@ def test_bf16_params_fp32_states_and_bf16_option():
 
 
 def test_state_dict_round_trip_is_bitwise(tmp_path, tiny_llama):
-    from conftest import lm_loss
+    from tests.helpers import lm_loss
     from gwt import gwt_param_groups
 
     def make():

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import train_llama
-from gwt.data.lm import TextSource, eval_batches, epoch_documents, load_tokenizer
-from gwt.models import LLAMA_ARCH_KEYS, build_llama
-from gwt.train import causal_lm_loss_sum, read_metrics, read_result
-from _llama_helpers import ROOT, compose_cfg, reset_accelerate
+from gwt_lab.data.lm import TextSource, eval_batches, epoch_documents, load_tokenizer
+from gwt_lab.models import LLAMA_ARCH_KEYS, build_llama
+from gwt_lab.train import causal_lm_loss_sum, read_metrics, read_result
+from tests.helpers import ROOT, compose_cfg, reset_accelerate
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""gwt.data.lm: tokenisation, padding labels, packing, rank split, exact resume, eval token budget."""
+"""gwt_lab.data.lm: tokenisation, padding labels, packing, rank split, exact resume, eval token budget."""
 import gzip
 import json
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from gwt.data.lm import (IGNORE_INDEX, TextSource, TokenStream, check_source, epoch_documents, eval_batches,
+from gwt_lab.data.lm import (IGNORE_INDEX, TextSource, TokenStream, check_source, epoch_documents, eval_batches,
                          load_tokenizer)
 
 DATA = os.environ["GWT_DATA_DIR"]

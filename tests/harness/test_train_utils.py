@@ -1,4 +1,4 @@
-"""Unit tests of gwt.train: schedules, checkpoints, RNG restore, output-dir guard, metrics, results."""
+"""Unit tests of gwt_lab.train: schedules, checkpoints, RNG restore, output-dir guard, metrics, results."""
 import json
 import math
 import os
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gwt.train import (CheckpointManager, MetricsLogger, OutputDirError, StopSignal, build_scheduler,
+from gwt_lab.train import (CheckpointManager, MetricsLogger, OutputDirError, StopSignal, build_scheduler,
                        check_output_dir, gradient_accumulation_steps, list_checkpoints, lr_multiplier,
                        peak_memory_bytes, read_metrics, read_result, rng_state, seed_everything, set_rng_state,
                        truncate_metrics, warmup_steps_from, write_result)

@@ -2,9 +2,9 @@
 import pytest
 import yaml
 
-from gwt.models import LLAMA_ARCH_KEYS, build_llama
+from gwt_lab.models import LLAMA_ARCH_KEYS, build_llama
 from gwt.optim import build_optimizer
-from _llama_helpers import CONFIGS, compose_cfg
+from tests.helpers import CONFIGS, compose_cfg
 
 EXPERIMENTS = sorted(p.relative_to(CONFIGS / "experiment").with_suffix("").as_posix()
                      for p in (CONFIGS / "experiment").rglob("*.yaml"))

@@ -1,7 +1,8 @@
-"""Shared helpers of the train_llama tests: compose the real config with tiny CPU overrides."""
+"""Helpers shared by the test floors: a tiny LM loss for the library tests, the real
+``train_llama`` config composed with tiny CPU overrides for the harness tests."""
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -15,6 +16,8 @@ TINY = ["model=llama_tiny", "model.vocab_size=4096", "optimizer=adamw", "data=c4
 
 def compose_cfg(overrides=(), base=TINY):
     """The primary config composed with ``base`` then ``overrides`` (later wins)."""
+    from hydra import compose, initialize_config_dir
+
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         return compose("train_llama", overrides=list(base) + list(overrides))
 
@@ -24,3 +27,9 @@ def reset_accelerate():
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def lm_loss(model, seed: int = 0, batch: int = 2, length: int = 12):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=gen)
+    return model(input_ids=ids, labels=ids).loss
