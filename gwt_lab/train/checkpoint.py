@@ -1,23 +1,35 @@
-"""Atomic, rotating training checkpoints.
+"""Atomic, rotating training checkpoints that load as plain data.
 
 Layout under ``root`` (usually ``<output_dir>/checkpoints``)::
 
     step_00000100/            one finished checkpoint (a directory appears only when complete)
-        meta.json             {"step": 100, "world_size": 2, ...}
+        meta.json             {"step": 100, "world_size": 2, "files": {"model.pt": <bytes>, ...}, ...}
         model.pt, optimizer.pt, scheduler.pt, ...   one file per key of ``shared`` (written by rank 0)
         rank0.pt, rank1.pt    per-rank state (RNG, data position) from each process
-    step_00000200.tmp/        being written; ignored and removed by the next save
+    step_00000200.tmp/        being written; ignored, and removed at start and by the next save
 
-Every process writes into ``step_XXXXXXXX.tmp``; after a barrier, rank 0 renames it to its
-final name (``os.replace`` of a directory is atomic on POSIX), so a run killed mid-save never
-leaves a half-written checkpoint that ``latest()`` would pick. Only the newest ``keep_last``
-checkpoints are kept. The barrier is a callable (e.g. ``accelerator.wait_for_everyone``) so
-this module stays free of any launcher.
+Writing: every process writes into ``step_XXXXXXXX.tmp`` and fsyncs its files; after a barrier,
+rank 0 records every file's size in ``meta.json``, fsyncs the folder and renames it to its final
+name (``os.replace`` of a directory is atomic on POSIX), then fsyncs ``root``. A run killed
+mid-save never leaves a half-written checkpoint that ``latest_checkpoint`` would pick. A full disk
+raises ``CheckpointWriteError`` ("no space left on <root>") after removing the partial folder.
+
+Loading: every file is read with ``torch.load(weights_only=True)`` only, so a checkpoint can hold
+tensors, numbers, strings and containers of them, never code. Optimizer states with projector
+objects (GaLore, APOLLO, Fira) are stored as plain attributes and rebuilt (``safe_state``). A file
+that the safe load refuses raises ``UnsafeCheckpointError`` naming it. A damaged checkpoint (a
+missing, empty or truncated file, unreadable ``meta.json``) is skipped by ``load`` with a ``CheckpointWarning``
+naming what is wrong, and the previous complete checkpoint is used.
+
+Only the newest ``keep_last`` checkpoints are kept. The barrier is a callable (e.g.
+``accelerator.wait_for_everyone``) so this module stays free of any launcher.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import pickle
 import re
 import shutil
 import time
@@ -27,7 +39,25 @@ from typing import Callable
 
 import torch
 
+from gwt_lab.train.safe_state import from_plain, to_plain
+
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used (damaged or unsafe); the message names the file."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint file holds something other than tensors, numbers and strings."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (e.g. the disk is full); the partial folder was removed."""
+
+
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped in favour of an older complete one."""
 
 
 def _noop() -> None:
@@ -35,7 +65,9 @@ def _noop() -> None:
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:
-    """Finished checkpoint directories under ``root``, oldest first (empty list when none)."""
+    """Finished checkpoint directories under ``root``, oldest first (empty list when none).
+
+    "Finished" means renamed from ``.tmp``; use ``checkpoint_problem`` to check the files."""
     root = Path(root)
     if not root.is_dir():
         return []
@@ -43,26 +75,111 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
 
 
-def latest_checkpoint(root: str | os.PathLike) -> Path | None:
-    """The newest finished checkpoint directory under ``root``, or None."""
-    found = list_checkpoints(root)
-    return found[-1] if found else None
-
-
-def _torch_load(path: Path):
+def read_meta(path: str | os.PathLike) -> dict:
+    """``meta.json`` of checkpoint ``path``; ``CheckpointError`` naming the file if missing or unreadable."""
+    file = Path(path) / "meta.json"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # e.g. a baseline optimizer that keeps Python objects in its state
-        warnings.warn(f"{path} does not load with weights_only=True ({type(err).__name__}); loading it as a full "
-                      "pickle because it was written by this run's own checkpointing")
-        return torch.load(path, map_location="cpu", weights_only=False)
+        meta = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{file} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file} is unreadable ({type(err).__name__}: {err})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        raise CheckpointError(f"{file} has no integer 'step'")
+    files = meta.get("files")
+    if files is not None and not (isinstance(files, dict) and all(
+            isinstance(k, str) and "/" not in k and k.endswith(".pt") and isinstance(v, int) for k, v in files.items())):
+        raise CheckpointError(f"{file}: 'files' must map file names (*.pt) to byte sizes")
+    return meta
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """Why checkpoint folder ``path`` cannot be used (a short message naming the file), or None when every
+    file recorded in its ``meta.json`` is present with its recorded size (cheap: no file is read)."""
+    path = Path(path)
+    try:
+        meta = read_meta(path)
+    except CheckpointError as err:
+        return str(err)
+    files = meta.get("files")
+    if files is None:  # written before sizes were recorded: every file must at least be non-empty
+        files = {p.name: None for p in path.glob("*.pt")}
+        files.update({f"rank{r}.pt": None for r in range(int(meta.get("world_size", 1)))})
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{file} is missing"
+        actual = file.stat().st_size
+        if actual == 0:
+            return f"{file} is empty"
+        if size is not None and actual != size:
+            return f"{file} has {actual} bytes, {size} were written (truncated or damaged)"
+    return None
+
+
+def latest_checkpoint(root: str | os.PathLike, complete: bool = False) -> Path | None:
+    """The newest finished checkpoint directory under ``root``, or None.
+
+    ``complete=True``: skip newer folders that are damaged (see ``checkpoint_problem``), each with a
+    ``CheckpointWarning`` naming what is wrong. ``CheckpointManager.load`` always does this."""
+    for path in reversed(list_checkpoints(root)):
+        problem = checkpoint_problem(path) if complete else None
+        if problem is None:
+            return path
+        warnings.warn(f"skipping damaged checkpoint {path}: {problem}", CheckpointWarning, stacklevel=2)
+    return None
+
+
+def safe_load(path: str | os.PathLike):
+    """``torch.load(path, weights_only=True)`` on CPU, with projector objects rebuilt (``safe_state``).
+
+    Raises ``UnsafeCheckpointError`` when the file holds anything else than plain data, and
+    ``CheckpointError`` when it is missing or unreadable; both name the file. Never unpickles code."""
+    path = Path(path)
+    try:
+        value = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights only" in str(err).lower() or "weights_only" in str(err):
+            detail = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line), first)
+            raise UnsafeCheckpointError(
+                f"{path} holds objects that are not plain tensors/numbers ({detail}); it was not loaded. It was "
+                "not written by this program or was altered: delete that checkpoint folder to resume from an "
+                "older one") from None
+        raise CheckpointError(f"{path} is damaged ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is damaged ({type(err).__name__}: {first})") from None
+    try:
+        return from_plain(value, path.stem)
+    except (ValueError, TypeError, ImportError, AttributeError) as err:
+        raise UnsafeCheckpointError(f"{path}: {err}") from None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_file(value, path: Path) -> None:
+    """``torch.save`` through a Python file (so a full disk raises ``OSError(ENOSPC)``), then fsync."""
+    with open(path, "wb") as f:
+        torch.save(to_plain(value, path.stem), f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class CheckpointManager:
     """Save and load checkpoints under ``root``.
 
     Args:
-        root: checkpoint folder (created on first save).
+        root: checkpoint folder (created on first save). Rank 0 removes ``*.tmp`` folders left by a
+            killed save when the manager is created (the caller holds the run folder's lock).
         keep_last: how many finished checkpoints to keep (>= 1).
         rank, world_size: this process and the number of processes.
         barrier: callable that blocks until every process reaches it (no-op for one process).
@@ -70,61 +187,117 @@ class CheckpointManager:
 
     def __init__(self, root: str | os.PathLike, keep_last: int = 2, rank: int = 0, world_size: int = 1,
                  barrier: Callable[[], None] | None = None):
-        if int(keep_last) < 1:
-            raise ValueError(f"keep_last={keep_last!r} must be >= 1 (config key trainer.keep_last_checkpoints)")
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
+            raise ValueError(f"keep_last={keep_last!r} must be an integer >= 1 (config key trainer.keep_last_checkpoints)")
         self.root = Path(root)
         self.keep_last = int(keep_last)
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.barrier = barrier or _noop
+        if self.rank == 0:
+            self.remove_stale_tmp()
 
-    def latest(self) -> Path | None:
-        return latest_checkpoint(self.root)
+    def remove_stale_tmp(self) -> list[Path]:
+        """Delete ``*.tmp`` folders of interrupted saves; returns what was removed."""
+        stale = sorted(self.root.glob("*.tmp")) if self.root.is_dir() else []
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+        return stale
+
+    def latest(self, complete: bool = True) -> Path | None:
+        """The newest (complete, by default) checkpoint folder, or None."""
+        return latest_checkpoint(self.root, complete)
 
     def save(self, step: int, shared: dict, local: dict, meta: dict | None = None) -> Path:
         """Write checkpoint ``step``: ``shared`` (rank 0 only; one file per key) and this rank's ``local``.
 
-        Every process must call it (it contains barriers). Returns the final directory.
-        """
+        Every process must call it (it contains barriers). Returns the final directory. A full disk
+        (or another write error) removes the partial folder and raises ``CheckpointWriteError``."""
         final = self.root / f"step_{int(step):08d}"
         tmp = self.root / f"step_{int(step):08d}.tmp"
+        try:
+            if self.rank == 0:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self.remove_stale_tmp()
+                tmp.mkdir()
+            self.barrier()
+            _save_file(local, tmp / f"rank{self.rank}.pt")
+            if self.rank == 0:
+                for key, value in shared.items():
+                    _save_file(value, tmp / f"{key}.pt")
+            self.barrier()
+            if self.rank == 0:
+                files = {p.name: p.stat().st_size for p in sorted(tmp.glob("*.pt"))}
+                info = {"step": int(step), "world_size": self.world_size, "time": time.time(), **(meta or {}),
+                        "files": files}
+                with open(tmp / "meta.json", "w") as f:
+                    f.write(json.dumps(info, indent=1))
+                    f.flush()
+                    os.fsync(f.fileno())
+                _fsync_dir(tmp)
+                if final.exists():  # same step saved twice (e.g. periodic save then signal): replace it
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                _fsync_dir(self.root)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise CheckpointWriteError(err.errno, f"no space left on {self.root} while writing checkpoint step "
+                                           f"{int(step)}; the partial checkpoint was removed. Free space and "
+                                           "continue with resume=true") from None
+            raise CheckpointWriteError(err.errno, f"cannot write checkpoint step {int(step)} under {self.root} "
+                                       f"({err}); the partial checkpoint was removed") from None
         if self.rank == 0:
-            self.root.mkdir(parents=True, exist_ok=True)
-            for stale in self.root.glob("*.tmp"):
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp.mkdir()
-        self.barrier()
-        torch.save(local, tmp / f"rank{self.rank}.pt")
-        if self.rank == 0:
-            for key, value in shared.items():
-                torch.save(value, tmp / f"{key}.pt")
-            info = {"step": int(step), "world_size": self.world_size, "time": time.time(), **(meta or {})}
-            (tmp / "meta.json").write_text(json.dumps(info, indent=1))
-        self.barrier()
-        if self.rank == 0:
-            if final.exists():  # same step saved twice (e.g. periodic save then signal): replace it
-                shutil.rmtree(final)
-            os.replace(tmp, final)
             for old in list_checkpoints(self.root)[:-self.keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
         self.barrier()
         return final
 
+    def _load_one(self, path: Path, keys: tuple[str, ...] | None) -> tuple[dict, dict, dict]:
+        meta = read_meta(path)
+        if int(meta.get("world_size", 1)) != self.world_size:
+            raise ValueError(f"checkpoint {path} was written by {meta['world_size']} processes but this run has "
+                             f"{self.world_size}; resume with the same number of processes")
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise CheckpointError(problem)
+        recorded = meta.get("files") or {p.name: None for p in path.glob("*.pt")}
+        names = keys if keys is not None else tuple(
+            sorted(Path(n).stem for n in recorded if not re.fullmatch(r"rank\d+\.pt", n)))
+        shared = {name: safe_load(path / f"{name}.pt") for name in names}
+        local = safe_load(path / f"rank{self.rank}.pt")
+        return shared, local, meta
+
     def load(self, path: str | os.PathLike | None = None, keys: tuple[str, ...] | None = None) -> tuple[dict, dict, dict]:
         """Load ``(shared, local, meta)`` from ``path`` (default: the latest checkpoint).
 
         ``local`` is this rank's file; a checkpoint written with a different number of processes
-        raises ``ValueError`` because data positions are per rank.
+        raises ``ValueError`` because data positions are per rank. When ``path`` (or the latest) is
+        damaged, older complete checkpoints of ``root`` are tried, each skip warned with
+        ``CheckpointWarning``; a file holding non-plain data raises ``UnsafeCheckpointError`` (no
+        fallback). ``meta["path"]`` is the folder actually loaded.
         """
-        path = Path(path) if path is not None else self.latest()
+        found = list_checkpoints(self.root)
         if path is None:
+            candidates = list(reversed(found))
+        else:
+            path = Path(path)
+            older = [p for p in found if p.resolve().parent == path.resolve().parent
+                     and int(_STEP_DIR.match(p.name).group(1)) < int(_STEP_DIR.match(path.name).group(1))] \
+                if _STEP_DIR.match(path.name) else []
+            candidates = [path, *reversed(older)]
+        if not candidates:
             raise FileNotFoundError(f"no finished checkpoint under {self.root}")
-        meta = json.loads((path / "meta.json").read_text())
-        if int(meta.get("world_size", 1)) != self.world_size:
-            raise ValueError(f"checkpoint {path} was written by {meta['world_size']} processes but this run has "
-                             f"{self.world_size}; resume with the same number of processes")
-        names = keys if keys is not None else tuple(
-            p.stem for p in sorted(path.glob("*.pt")) if not p.stem.startswith("rank"))
-        shared = {name: _torch_load(path / f"{name}.pt") for name in names}
-        local = _torch_load(path / f"rank{self.rank}.pt")
-        return shared, local, meta
+        problems = []
+        for candidate in candidates:
+            try:
+                shared, local, meta = self._load_one(candidate, keys)
+            except UnsafeCheckpointError:
+                raise
+            except CheckpointError as err:
+                problems.append(str(err))
+                warnings.warn(f"skipping damaged checkpoint {candidate}: {err}", CheckpointWarning, stacklevel=2)
+                continue
+            meta["path"] = str(candidate)
+            return shared, local, meta
+        raise CheckpointError(f"no usable checkpoint under {self.root}: " + "; ".join(problems))
