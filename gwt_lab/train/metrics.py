@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -25,22 +26,43 @@ def _jsonable(value):
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """All records of a ``metrics.jsonl`` file (empty list if it does not exist)."""
+    """All records of a ``metrics.jsonl`` file (empty list if it does not exist).
+
+    An incomplete last line (a run killed while writing it) is dropped with a warning; any other
+    line that is not a JSON object raises ``ValueError`` naming the file and line number."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
+    records = []
+    for k, (line_no, line) in enumerate(numbered):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+                raise ValueError("not a JSON object with an integer 'step'")
+        except ValueError as err:  # json.JSONDecodeError is a ValueError
+            if k == len(numbered) - 1:
+                warnings.warn(f"{path}: ignoring incomplete last line {line_no} ({line[:60]!r}), written by a run "
+                              "that was killed while logging")
+                break
+            raise ValueError(f"{path}:{line_no}: not a metrics record ({err}); fix or remove that line") from None
+        records.append(record)
+    return records
 
 
 def truncate_metrics(path: str | os.PathLike, after_step: int) -> None:
     """Drop records whose ``step`` is greater than ``after_step`` (used when resuming from a checkpoint
-    older than the last logged step, e.g. after a hard kill)."""
+    older than the last logged step, e.g. after a hard kill) and an incomplete last line."""
     path = Path(path)
     if not path.exists():
         return
     kept = [r for r in read_metrics(path) if int(r.get("step", 0)) <= int(after_step)]
     tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    with open(tmp, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in kept))
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

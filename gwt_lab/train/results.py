@@ -50,11 +50,14 @@ def _json_default(value):
 
 
 def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
-    """Write ``data`` as indented JSON via a temporary file and ``os.replace``."""
+    """Write ``data`` as indented JSON via a temporary file (fsynced) and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, indent=2, default=_json_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
 
