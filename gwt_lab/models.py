@@ -1,4 +1,4 @@
-"""Model construction: LLaMA sizes for pre-training, RoBERTa / MiniLM encoders for GLUE."""
+"""Model construction: LLaMA and Qwen2.5 decoders for pre-training, RoBERTa / MiniLM encoders for GLUE."""
 from __future__ import annotations
 
 import inspect
@@ -139,6 +139,78 @@ def build_llama(hidden_size: int, intermediate_size: int, num_attention_heads: i
     if seed is not None:
         torch.manual_seed(int(seed))
     return LlamaForCausalLM(config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Qwen2.5 decoders (transformers' Qwen2 architecture: grouped-query attention, bias on q/k/v,
+# RoPE theta 1e6, tied embeddings up to 3B as released). Sizes: configs/model/qwen2_5_*.yaml.
+# ---------------------------------------------------------------------------------------------
+QWEN2_ARCH_KEYS = LLAMA_ARCH_KEYS + ("num_key_value_heads", "rope_theta")
+
+
+def qwen2_config(hidden_size: int, intermediate_size: int, num_attention_heads: int, num_key_value_heads: int,
+                 num_hidden_layers: int, vocab_size: int = 151936, max_position_embeddings: int = 32768,
+                 rms_norm_eps: float = 1e-6, initializer_range: float = 0.02, tie_word_embeddings: bool = True,
+                 rope_theta: float = 1e6, attn_implementation: str = "sdpa"):
+    """A ``Qwen2Config`` as in the released Qwen2.5 models (SwiGLU MLP, RMSNorm, q/k/v bias, no
+    sliding window, no dropout), randomly initialised with std ``initializer_range``."""
+    from transformers import Qwen2Config
+
+    if hidden_size % num_attention_heads:
+        raise ValueError(f"model.hidden_size={hidden_size} is not divisible by model.num_attention_heads="
+                         f"{num_attention_heads}")
+    if num_attention_heads % num_key_value_heads:
+        raise ValueError(f"model.num_attention_heads={num_attention_heads} is not divisible by "
+                         f"model.num_key_value_heads={num_key_value_heads} (grouped-query attention)")
+    config = Qwen2Config(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+        num_hidden_layers=num_hidden_layers, max_position_embeddings=max_position_embeddings,
+        rms_norm_eps=rms_norm_eps, initializer_range=initializer_range, hidden_act="silu",
+        tie_word_embeddings=tie_word_embeddings, attention_dropout=0.0, use_cache=False,
+        use_sliding_window=False, rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta)})
+    config._attn_implementation = attn_implementation
+    return config
+
+
+def build_qwen2(hidden_size: int, intermediate_size: int, num_attention_heads: int, num_key_value_heads: int,
+                num_hidden_layers: int, vocab_size: int = 151936, max_position_embeddings: int = 32768,
+                rms_norm_eps: float = 1e-6, initializer_range: float = 0.02, tie_word_embeddings: bool = True,
+                rope_theta: float = 1e6, attn_implementation: str = "sdpa", seed: int | None = None):
+    """A randomly initialised ``Qwen2ForCausalLM``; ``seed`` (when given) seeds torch first."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    config = qwen2_config(hidden_size, intermediate_size, num_attention_heads, num_key_value_heads,
+                          num_hidden_layers, vocab_size, max_position_embeddings, rms_norm_eps, initializer_range,
+                          tie_word_embeddings, rope_theta, attn_implementation)
+    if seed is not None:
+        torch.manual_seed(int(seed))
+    return Qwen2ForCausalLM(config)
+
+
+#: model.architecture -> (builder, the model-YAML keys it takes). A model YAML without the key is LLaMA.
+CAUSAL_LM_ARCHITECTURES = {"llama": (build_llama, LLAMA_ARCH_KEYS), "qwen2": (build_qwen2, QWEN2_ARCH_KEYS)}
+
+
+def causal_lm_arch(model_cfg) -> tuple:
+    """(builder, keys) for a pre-training model config; ValueError naming model.architecture if unknown."""
+    arch = model_cfg.get("architecture", "llama") if hasattr(model_cfg, "get") else "llama"
+    if arch not in CAUSAL_LM_ARCHITECTURES:
+        raise ValueError(f"model.architecture={arch!r} is unknown; choose one of {list(CAUSAL_LM_ARCHITECTURES)}")
+    builder, keys = CAUSAL_LM_ARCHITECTURES[arch]
+    missing = [k for k in keys if k not in model_cfg]
+    if missing:
+        raise ValueError(f"model={model_cfg.get('name', '?')!r} (architecture {arch}) lacks model.{missing[0]}; "
+                         f"needed: {list(keys)}")
+    return builder, keys
+
+
+def build_causal_lm(model_cfg, seed: int | None = None):
+    """The randomly initialised decoder a model YAML describes (``model.architecture``: ``llama``,
+    the default, or ``qwen2``); one entry point for every pre-training script."""
+    builder, keys = causal_lm_arch(model_cfg)
+    return builder(**{k: model_cfg[k] for k in keys}, seed=seed)
 
 
 def count_parameters(model) -> dict:
