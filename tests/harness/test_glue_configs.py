@@ -41,22 +41,7 @@ def test_galore_and_adamw_get_the_glue_settings_and_the_task_lr():
     assert compose_glue("task=rte", "optimizer=gwt", "optimizer.alpha=1.5").optimizer.alpha == 1.5  # CLI wins
 
 
-EXPERIMENTS = sorted(p.relative_to(ROOT / "configs/experiment").with_suffix("").as_posix()
-                     for p in (ROOT / "configs/experiment").glob("table3/*.yaml"))
-
-
-@pytest.mark.parametrize("name", EXPERIMENTS)
-def test_table3_experiments_compose(name):
-    task, method = Path(name).name.split("_", 1)
-    cfg = compose_glue(f"experiment={name}")
-    assert cfg.task.name == task and cfg.model.name == "roberta_base" and cfg.run_name == f"table3-{task}-{method}"
-    assert cfg.optimizer.name == {"full_rank": "adamw", "haar2": "gwt", "galore": "galore"}[method]
-    if method != "full_rank":
-        assert cfg.optimizer.target_modules == "encoder_linear"
-
-
-def test_table3_has_every_cell():
-    assert len(EXPERIMENTS) == 8 * 3
+# Table 3's 24 cells are the sweep configs/sweep/table3.yaml, tested in test_sweeps.py.
 
 
 def test_table_a3_sweep_presets_cover_the_grid():
