@@ -71,6 +71,9 @@ def check_depth(shape: tuple[int, ...], wavelet: str, level: int, boundary: str,
     boundary effects, so it is almost certainly a configuration mistake.
     """
     n = shape[-1]
+    if n < 1:
+        raise ValueError(f"parameter {name or '?'} of shape {tuple(shape)} has rows of length {n}; a GWT group "
+                         "needs rows of length >= 2: put it in a group with level=0")
     prev = n
     for k, length in enumerate(approx_lengths(n, wavelet, level, boundary), start=1):
         if length >= prev:
@@ -93,7 +96,7 @@ def haar_blocks(g: torch.Tensor, level: int) -> torch.Tensor:
     pad = (-g.shape[-1]) % block
     if pad:
         g = F.pad(g, (0, pad))
-    return g.reshape(g.shape[0], -1, block)  # (m, k, B)
+    return g.reshape(g.shape[0], g.shape[-1] // block, block)  # (m, k, B); also for m = 0
 
 
 def haar_approx(g: torch.Tensor, level: int) -> torch.Tensor:
@@ -166,9 +169,9 @@ class RowTransform:
     tensor, or None.
     """
 
-    def __init__(self, n: int, wavelet: str, level: int, boundary: str = "zero", closed_form: bool = True):
+    def __init__(self, n: int, wavelet: str, level: int, boundary: str = "zero"):
         self.n, self.wavelet, self.level, self.boundary = n, wavelet, level, boundary
-        self.closed_form = closed_form and is_haar_closed_form(wavelet, boundary, n, level)
+        self.closed_form = is_haar_closed_form(wavelet, boundary, n, level)
 
     def analyze(self, g: torch.Tensor):
         if self.closed_form:

@@ -1,5 +1,6 @@
-"""Shared pieces of the GWT optimizers: argument checks, group validation, state dtypes and the
-optional ``torch.compile`` of per-parameter step functions."""
+"""Shared pieces of the GWT optimizers: argument checks, group validation, state dtypes, the
+backend names, the step scalars, the norm-growth limiter and the ``torch.compile`` of step
+functions."""
 from __future__ import annotations
 
 import functools
@@ -15,6 +16,9 @@ STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64":
 
 
 def check_range(key: str, value, low: float, high: float = math.inf, *, low_open=False, high_open=True):
+    if isinstance(value, torch.Tensor):
+        raise ValueError(f"{key}={value!r} is a tensor; valid: a Python number (tensor values are not supported, "
+                         f"pass float({key}))")
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
     if ok:
         ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
@@ -86,26 +90,22 @@ def group_is_gwt(group: dict) -> bool:
     return group["wavelet"] is not None and group["level"] > 0
 
 
-def compile_enabled(flag: bool | None) -> bool | str:
-    """``True``/``False`` as given; ``None`` follows the environment variable GWT_COMPILE:
-    ``auto`` (default: compile for CUDA tensors only, where inductor's Triton kernels pay off and
-    CPU runs skip 10-40 s of C++ compilation), ``1`` (always) or ``0`` (never)."""
-    if flag is None:
-        value = os.environ.get("GWT_COMPILE", "auto")
-        return "auto" if value == "auto" else value != "0"
-    return bool(flag)
+#: Values of the ``backend`` option; ``None`` reads the environment variable GWT_BACKEND.
+BACKENDS = ("auto", "torch", "compile", "cpu", "triton")
+
+
+def resolve_backend(backend, key: str = "backend") -> str:
+    """``backend`` as given, or (None) the environment variable GWT_BACKEND (default ``auto``)."""
+    value = os.environ.get("GWT_BACKEND", "auto") if backend is None else backend
+    if value not in BACKENDS:
+        origin = "environment variable GWT_BACKEND" if backend is None else key
+        raise ValueError(f"{origin}={value!r} is not a backend; valid: {', '.join(BACKENDS)}")
+    return value
 
 
 #: Step functions are specialised per matrix shape, level and flags; a model has a handful of
 #: shapes, but more than dynamo's default of 8 variants per function is common.
 RECOMPILE_LIMIT = 64
-
-
-def cpu_kernel_enabled(flag: bool | None) -> bool:
-    """``None`` follows the environment variable GWT_CPU_KERNEL (default on; ``0`` turns it off)."""
-    if flag is None:
-        return os.environ.get("GWT_CPU_KERNEL", "1") != "0"
-    return bool(flag)
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,11 +126,29 @@ def bias_correction(step: int, beta1: float, beta2: float) -> float:
     return math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step)
 
 
+def step_scalars(group: dict, step: int) -> tuple[float, float]:
+    """``(step_size, decay)`` of one group at step ``t``: ``lr * sqrt(1 - beta2**t) / (1 - beta1**t)``
+    and ``lr * weight_decay`` (computed once per group and step; every backend takes these)."""
+    beta1, beta2 = group["betas"]
+    return group["lr"] * bias_correction(step, beta1, beta2), group["lr"] * group["weight_decay"]
+
+
+#: Added to the previous norm in the limiter's ratio (as released).
+LIMITER_TINY = 1e-8
+
+
+def limiter_factor(norm: torch.Tensor, prev_norm: torch.Tensor, gamma: float) -> torch.Tensor:
+    """THE norm-growth limiter (Fira, paper Sec. 4.2; docs/GWT_MATH.md step 5), elementwise:
+    ``lam = max(norm / (prev + 1e-8), gamma) / gamma``; the limited update is ``update / lam``
+    and the next ``prev`` is ``norm / lam``. ``prev`` starts at +inf, so the first step has
+    ``lam = 1``. The C kernel of gwt/csrc/haar_cpu.c computes the same in double precision
+    (checked against this function by tests/lib/test_gwt_adamw.py)."""
+    return torch.clamp(norm / (prev_norm + LIMITER_TINY), min=gamma) / gamma
+
+
 def norm_growth_limit(update: torch.Tensor, prev_norm: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Fira's norm-growth limiter (paper Sec. 4.2): returns ``lam`` with ``update / lam`` the
-    limited update, ``lam = max(||update|| / prev, gamma) / gamma``, and stores the limited norm.
-    ``prev_norm`` starts at +inf, so the first step has ``lam = 1``."""
+    """:func:`limiter_factor` of ``||update||``; stores the limited norm in ``prev_norm``."""
     norm = torch.linalg.vector_norm(update)
-    lam = torch.clamp(norm / (prev_norm + 1e-8), min=gamma) / gamma
+    lam = limiter_factor(norm, prev_norm, gamma)
     prev_norm.copy_(norm / lam)
     return lam

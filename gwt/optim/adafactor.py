@@ -31,19 +31,19 @@ class GWTAdafactor(GWTOptimizerBase):
 
     Args beyond :class:`gwt.GWTAdamW`'s GWT keys: ``beta1`` (None: no first moment),
     ``decay_rate`` (-0.8), ``eps1`` (1e-30), ``clip_threshold`` (1.0), ``detail_scaling``.
-    The limiter defaults to off (None) here.
+    The limiter defaults to off (None) here. ``backend``: ``"auto"`` or ``"torch"`` (torch ops
+    only; the whole step can be compiled from outside with ``torch.compile``).
     """
 
     def __init__(self, params, lr: float = 1e-2, *, beta1: float | None = None, decay_rate: float = -0.8,
                  eps1: float = 1e-30, clip_threshold: float = 1.0, weight_decay: float = 0.0,
                  wavelet: str | None = "haar", level: int = 2, alpha: float = 0.25, boundary: str = "zero",
-                 limiter: float | None = None, closed_form: bool = True, detail_scaling: str = "second_moment",
-                 state_dtype=None):
+                 limiter: float | None = None, detail_scaling: str = "second_moment", state_dtype=None,
+                 backend: str | None = "auto"):
         defaults = dict(GWT_DEFAULTS, lr=lr, beta1=beta1, decay_rate=decay_rate, eps1=eps1,
                         clip_threshold=clip_threshold, weight_decay=weight_decay, wavelet=wavelet, level=level,
-                        alpha=alpha, boundary=boundary, limiter=limiter, closed_form=closed_form,
-                        detail_scaling=detail_scaling)
-        super().__init__(params, defaults, state_dtype=state_dtype, compile=False)
+                        alpha=alpha, boundary=boundary, limiter=limiter, detail_scaling=detail_scaling)
+        super().__init__(params, defaults, state_dtype=state_dtype, backend=backend)
 
     def _check_group(self, group: dict) -> None:
         if group["beta1"] is not None:
@@ -97,6 +97,8 @@ class GWTAdafactor(GWTOptimizerBase):
                 if not state:
                     self._init_state(p, group, state)
                 t = self._increment_step(state)
+                if p.numel() == 0:
+                    continue  # nothing to update
                 beta2_t = 1.0 - t ** group["decay_rate"]
                 g = grad.to(compute_dtype(p))
                 gwt = group_is_gwt(group)

@@ -7,19 +7,17 @@ update, details divided by the aligned denominator, inverse transform times ``al
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
 from gwt.optim._common import (
-    bias_correction,
     check_betas,
     check_range,
     compiled,
     compute_dtype,
-    cpu_kernel_enabled,
     group_is_gwt,
     norm_growth_limit,
+    step_scalars,
 )
 from gwt.optim import cpu_kernel
 from gwt.optim.base import GWT_DEFAULTS, GWTOptimizerBase
@@ -53,15 +51,15 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, step_size: float, decay: float,
 
 
 def haar_coefficients(grad, exp_avg, exp_avg_sq, prev_norm, step_size, beta1: float, beta2: float, eps: float,
-                      alpha: float, gamma: float, level: int, use_limiter: bool):
+                      alpha: float, gamma: float | None, level: int):
     """Pass 1 of GWT-Haar (closed form): moments, limiter and the per-block affine map.
 
     With abar the zero-padded block mean of G over blocks of B = 2**l, the moments are of
     A_l = 2**(l/2) * abar and the update of every entry of block j is
     ``offset_j + slope_j * G`` with ``slope = 1 / denom`` and
     ``offset = 2**(-l/2) * N - abar / denom`` (docs/GWT_MATH.md, "The Haar closed form").
-    Updates the moments; returns (offset, slope, scale) with ``scale = step_size * alpha / lam``.
-    Reads G once; the cost does not depend on the level.
+    Updates the moments; returns (offset, slope, scale) with ``scale = step_size * alpha / lam``
+    (``prev_norm`` None: no limiter). Reads G once; the cost does not depend on the level.
     """
     g3 = haar_blocks(grad.to(compute_dtype(grad)), level)  # (m, k, B)
     abar = g3.mean(-1)  # (m, k)
@@ -72,7 +70,7 @@ def haar_coefficients(grad, exp_avg, exp_avg_sq, prev_norm, step_size, beta1: fl
     slope = 1.0 / denom
     offset = normalized * 2.0 ** (-level / 2) - abar * slope
     scale = step_size * alpha
-    if use_limiter:
+    if prev_norm is not None:
         scale = scale / norm_growth_limit(normalized, prev_norm, gamma)
     return offset, slope, scale
 
@@ -87,11 +85,12 @@ def haar_apply(param, grad, offset, slope, scale, decay, level: int):
 
 
 def gwt_haar_group(params, grads, exp_avgs, exp_avg_sqs, prev_norms, step_size, decay, beta1: float,
-                   beta2: float, eps: float, alpha: float, gamma: float, level: int, use_limiter: bool):
-    """GWT-Haar for a list of same-shape matrices: one compiled graph, one Python call."""
-    for param, grad, exp_avg, exp_avg_sq, prev_norm in zip(params, grads, exp_avgs, exp_avg_sqs, prev_norms):
-        offset, slope, scale = haar_coefficients(grad, exp_avg, exp_avg_sq, prev_norm, step_size, beta1, beta2,
-                                                 eps, alpha, gamma, level, use_limiter)
+                   beta2: float, eps: float, alpha: float, gamma: float | None, level: int):
+    """GWT-Haar for a list of same-shape matrices: one compiled graph, one Python call
+    (``prev_norms`` None: no limiter)."""
+    for i, (param, grad, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        offset, slope, scale = haar_coefficients(grad, exp_avg, exp_avg_sq, None if prev_norms is None else
+                                                 prev_norms[i], step_size, beta1, beta2, eps, alpha, gamma, level)
         haar_apply(param, grad, offset, slope, scale, decay, level)
 
 
@@ -100,19 +99,81 @@ def adam_group(params, grads, exp_avgs, exp_avg_sqs, step_size, decay, beta1: fl
         adam_step(param, grad, exp_avg, exp_avg_sq, step_size, decay, beta1, beta2, eps)
 
 
-def gwt_general_step(param, grad, exp_avg, exp_avg_sq, prev_norm, step_size: float, decay: float,
-                     beta1: float, beta2: float, eps: float, alpha: float, gamma: float,
-                     use_limiter: bool, transform):
-    """GWT with any pywt wavelet: multi-level transform through ptwt (eager)."""
+def gwt_general_step(param, grad, exp_avg, exp_avg_sq, prev_norm, step_size, decay, beta1: float, beta2: float,
+                     eps: float, alpha: float, gamma: float | None, transform):
+    """GWT with any pywt wavelet: multi-level transform through ptwt (eager; ``prev_norm`` None:
+    no limiter)."""
     g = grad.to(compute_dtype(param))
     approx, ctx = transform.analyze(g)
     m_new, v_new, denom, normalized = _moments(approx, exp_avg, exp_avg_sq, beta1, beta2, eps)
-    if use_limiter:
+    if prev_norm is not None:
         lam = norm_growth_limit(normalized, prev_norm, gamma)
         normalized, denom = normalized / lam, denom * lam
     update = transform.synthesize(normalized, ctx, denom)
     new_param = param.to(g.dtype) - (step_size * alpha) * update
     _write_back(param, new_param, decay, exp_avg, m_new, exp_avg_sq, v_new)
+
+
+class _Scalars:
+    """The step scalars of one group at one step, computed once: floats for the C kernels, 0-d
+    fp64 CPU tensors for the torch graphs (a new learning rate never recompiles them, and no
+    device waits for them), 0-d fp32 device tensors for Triton."""
+
+    __slots__ = ("step_size", "decay", "_cpu", "_device")
+
+    def __init__(self, group: dict, t: int):
+        self.step_size, self.decay = step_scalars(group, t)
+        self._cpu = self._device = None
+
+    def cpu_tensors(self):
+        if self._cpu is None:
+            self._cpu = (torch.tensor(self.step_size, dtype=torch.float64), torch.tensor(self.decay, dtype=torch.float64))
+        return self._cpu
+
+    def device_tensors(self, device: torch.device):
+        if self._device is None or self._device[0].device != device:
+            values = torch.tensor([self.step_size, self.decay], dtype=torch.float32).to(device, non_blocking=True)
+            self._device = tuple(values.unbind())
+        return self._device
+
+
+#: What each backend runs for each kind of parameter: ``haar`` (Haar closed form), ``dwt`` (any
+#: other wavelet, or Haar where the closed form does not apply) and ``adam`` (level-0 groups).
+#: Values name methods of GWTAdamW taking ``(items, group, scalars)``; ``_ptwt`` is the general
+#: transform through ptwt, the only path for boundaries other than ``zero``.
+STEPS: dict[str, dict[str, str]] = {
+    "torch": {"haar": "_torch_haar", "dwt": "_ptwt", "adam": "_torch_adam"},
+    "compile": {"haar": "_compiled_haar", "dwt": "_ptwt", "adam": "_compiled_adam"},
+    "cpu": {"haar": "_cpu_haar", "dwt": "_cpu_dwt", "adam": "_cpu_adam"},
+    "triton": {"haar": "_triton_haar", "dwt": "_triton_dwt", "adam": "_triton_adam"},
+}
+
+_KERNEL_DTYPES = {"cpu": (torch.float32,), "triton": (torch.float32, torch.bfloat16)}
+
+
+def _triton():
+    from gwt.optim import triton_kernels
+
+    return triton_kernels
+
+
+def triton_available() -> bool:
+    try:
+        return bool(_triton().available())
+    except ImportError:
+        return False
+
+
+class _Route:
+    """How one parameter is stepped: its kind, backend, step method and batching."""
+
+    __slots__ = ("kind", "backend", "method", "kernel", "any_shape", "chunk")
+
+    def __init__(self, kind: str, backend: str):
+        self.kind, self.backend, self.method = kind, backend, STEPS[backend][kind]
+        self.kernel = backend in _KERNEL_DTYPES and self.method != "_ptwt"  # checks the gradient each step
+        self.any_shape = kind == "adam" and backend == "cpu"  # one call for every shape
+        self.chunk = GROUP_CHUNK if backend in ("torch", "compile") else None
 
 
 class GWTAdamW(GWTOptimizerBase):
@@ -122,38 +183,56 @@ class GWTAdamW(GWTOptimizerBase):
         params: parameters or groups (see :func:`gwt.gwt_param_groups`). Group keys override the
             defaults below; a group with ``level=0`` or ``wavelet=None`` is plain Adam(W).
         lr, betas, eps, weight_decay: as in AdamW, with the released eps convention
-            (``sqrt(V) + eps`` and the bias correction folded into the step size; default eps 1e-6).
+            (``sqrt(V) + eps`` and the bias correction folded into the step size; default eps
+            1e-6; eps must be > 0).
         wavelet: any pywt discrete wavelet name (``haar``, ``db2``, ``sym4``, ``coif1``, ...).
         level: transform depth (int >= 1; 0 = plain Adam). States are about 1/2**level the size.
         alpha: scale of the reconstructed update (0.25 in the paper's pre-training).
         boundary: signal extension mode of the transform (``zero`` as released).
         limiter: norm-growth limiter threshold gamma (1.01); None disables it.
-        closed_form: use the Haar closed form where it applies (False forces the ptwt path).
         state_dtype: None (fp32, fp64 for fp64 parameters), ``"float32"`` or ``"bfloat16"``.
             Arithmetic is fp32 (fp64) whatever the parameter and state dtypes.
-        compile: ``torch.compile`` the step of each chunk of same-shape matrices (None:
-            environment variable GWT_COMPILE, default ``auto`` = CUDA tensors only). The ptwt
-            path always runs eagerly.
-        cpu_kernel: step fp32 CPU tensors with the C kernels of gwt/csrc/ (the Haar closed form,
-            any other wavelet with boundary ``zero``, plain Adam; None: environment variable
-            GWT_CPU_KERNEL, default on).
+        backend: which code runs the step (table :data:`STEPS`): ``"auto"`` (default; None reads
+            the environment variable GWT_BACKEND), ``"torch"`` (eager torch ops; ptwt for
+            wavelets other than Haar), ``"compile"`` (the torch ops through ``torch.compile``),
+            ``"cpu"`` (C kernels of gwt/csrc/ for contiguous fp32 CPU tensors with fp32 states),
+            ``"triton"`` (Triton kernels, CUDA). ``auto`` picks per parameter: ``cpu`` for fp32
+            CPU tensors when the kernels build (else a warning and ``torch``), ``triton`` on CUDA
+            when triton is importable, else ``compile`` on CUDA, else ``torch``. With ``cpu`` or
+            ``triton``, wavelets with a boundary other than ``zero`` run through ptwt, and
+            tensors outside the kernels' dtypes or layout take the ``torch`` code.
     """
+
+    BACKENDS = tuple(["auto", *STEPS])
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, *, wavelet: str | None = "haar", level: int = 2,
                  alpha: float = 0.25, boundary: str = "zero", limiter: float | None = 1.01,
-                 closed_form: bool = True, state_dtype=None, compile: bool | None = None,
-                 cpu_kernel: bool | None = None):
+                 state_dtype=None, backend: str | None = "auto", compile=None):
+        if compile is not None:
+            raise ValueError(f"compile={compile!r} is not an option of GWTAdamW; valid: backend='compile' "
+                             f"(or {', '.join(map(repr, self.BACKENDS))})")
         defaults = dict(GWT_DEFAULTS, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, wavelet=wavelet,
-                        level=level, alpha=alpha, boundary=boundary, limiter=limiter, closed_form=closed_form)
-        super().__init__(params, defaults, state_dtype=state_dtype, compile=compile)
-        self._plans: dict = {}  # (row length, wavelet, level) -> cpu_kernel.DWTPlan
-        self.use_cpu_kernel = cpu_kernel_enabled(cpu_kernel)
-        self._kernel: bool | None = None  # C kernels loaded? (set at the first step that could use them)
+                        level=level, alpha=alpha, boundary=boundary, limiter=limiter)
+        super().__init__(params, defaults, state_dtype=state_dtype, backend=backend)
+
+    def _reset_caches(self) -> None:
+        self._routes: dict = {}  # parameter -> _Route
 
     def _check_group(self, group: dict) -> None:
         group["betas"] = check_betas(group["betas"])
-        check_range("eps", group["eps"], 0.0)
+        check_range("eps", group["eps"], 0.0, low_open=True)
+        if self.backend == "cpu":
+            if cpu_kernel.library() is None:
+                raise RuntimeError(f"backend='cpu': the C kernels could not be built ({cpu_kernel.failure()}); "
+                                   "valid: backend='auto' or 'torch'")
+            for i, p in enumerate(group["params"]):
+                if p.device.type != "cpu":
+                    raise ValueError(f"backend='cpu' but parameter {self.param_name(group, i, len(self.param_groups) - 1)}"
+                                     f" is on {p.device}; valid: CPU tensors, or backend='auto'")
+        elif self.backend == "triton" and not triton_available():
+            raise RuntimeError("backend='triton' needs triton and a CUDA device (or TRITON_INTERPRET=1); "
+                               "valid here: backend='auto', 'torch', 'compile' or 'cpu'")
 
     def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
         state["step"] = torch.tensor(0.0)
@@ -163,13 +242,58 @@ class GWTAdamW(GWTOptimizerBase):
         if group_is_gwt(group) and group["limiter"] is not None:
             state["prev_norm"] = torch.full((), float("inf"), dtype=compute_dtype(p), device=p.device)
 
-    def _fn(self, fn, device: torch.device):
-        use = self.use_compile == "auto" and device.type == "cuda" or self.use_compile is True
-        return compiled(fn) if use else fn
+    # -- which code steps a parameter --------------------------------------------------------
+
+    @staticmethod
+    def _kind(p: torch.Tensor, group: dict) -> str:
+        if not group_is_gwt(group):
+            return "adam"
+        return "haar" if is_haar_closed_form(group["wavelet"], group["boundary"], p.shape[-1], group["level"]) \
+            else "dwt"
+
+    def _fits(self, backend: str, p: torch.Tensor, group: dict, kind: str) -> bool:
+        """Whether ``backend``'s kernels take this parameter and its states."""
+        dtypes = _KERNEL_DTYPES.get(backend)
+        if dtypes is None:
+            return True
+        state_dtype = self.state_dtype or compute_dtype(p)
+        if p.dtype not in dtypes or state_dtype not in dtypes or not p.is_contiguous():
+            return False
+        if backend == "cpu" and (p.device.type != "cpu" or cpu_kernel.library() is None):
+            return False
+        if kind == "dwt" and not cpu_kernel.DWTPlan.supports(group["wavelet"], group["boundary"], group["level"]):
+            return False  # ptwt: the torch entry of the table
+        return True
+
+    def _route(self, p: torch.Tensor, group: dict) -> _Route:
+        kind = self._kind(p, group)
+        backend = self.backend
+        if backend == "auto":
+            if p.device.type == "cpu" and self._fits("cpu", p, group, "adam"):
+                backend = "cpu"
+            elif p.device.type == "cuda":
+                backend = "triton" if triton_available() and self._fits("triton", p, group, "adam") else "compile"
+            else:
+                backend = "torch"
+        if not self._fits(backend, p, group, kind):
+            backend = "torch"
+        route = self._routes[p] = _Route(kind, backend)
+        return route
+
+    def step_backends(self) -> dict[str, int]:
+        """How many parameters each ``kind@backend`` steps (after the first step; for reports)."""
+        counts: dict[str, int] = {}
+        for route in self._routes.values():
+            name = f"{route.kind}@{route.backend if route.method != '_ptwt' else 'ptwt'}"
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    # -- the step ----------------------------------------------------------------------------
 
     @torch.no_grad()
     def step(self, closure=None):
         loss = self._evaluate(closure)
+        routes = self._routes
         for group in self.param_groups:
             batches: dict[tuple, list] = {}
             for p, grad in self._params_with_grad(group):
@@ -177,116 +301,100 @@ class GWTAdamW(GWTOptimizerBase):
                 if not state:
                     self._init_state(p, group, state)
                 t = self._increment_step(state)
-                path = self._path(p, grad, state, group)
-                if path == "general":
-                    self._general(p, grad, state, group, t)
-                else:  # batched: same-shape matrices together (plain Adam: any shapes)
-                    shape = () if path == "cpu_adam" else tuple(p.shape)
-                    batches.setdefault((path, t, shape, p.dtype, p.device), []).append((p, grad, state))
-            for (path, t, *_), items in batches.items():
-                if path == "cpu_kernel":
-                    self._cpu_haar(items, group, t)
-                elif path == "cpu_dwt":
-                    self._cpu_dwt(items, group, t)
-                elif path == "cpu_adam":
-                    self._cpu_adam(items, group, t)
-                else:
-                    for start in range(0, len(items), GROUP_CHUNK):
-                        self._run_batch(path, items[start:start + GROUP_CHUNK], group, t)
+                if p.numel() == 0:
+                    continue  # nothing to update, on every backend
+                route = routes.get(p) or self._route(p, group)
+                if route.kernel and not (grad.dtype == p.dtype and grad.device == p.device and grad.is_contiguous()):
+                    route = _Route(route.kind, "torch")  # this gradient only
+                shape = () if route.any_shape else p.shape
+                batches.setdefault((route.method, t, shape, p.dtype, p.device), []).append((p, grad, state))
+            scalars: dict[int, _Scalars] = {}
+            for (method, t, *_), items in batches.items():
+                if t not in scalars:
+                    scalars[t] = _Scalars(group, t)
+                getattr(self, method)(items, group, scalars[t])
         return loss
 
-    def _path(self, p, grad, state, group) -> str:
-        kernel = self.use_cpu_kernel and cpu_kernel.applies(p, grad, state["exp_avg"], state["exp_avg_sq"]) \
-            and self._kernel_built()
-        if not group_is_gwt(group):
-            return "cpu_adam" if kernel else "adam"
-        if not (group["closed_form"] and is_haar_closed_form(group["wavelet"], group["boundary"], p.shape[-1],
-                                                             group["level"])):
-            if kernel and cpu_kernel.DWTPlan.supports(group["wavelet"], group["boundary"], group["level"]):
-                return "cpu_dwt"
-            return "general"
-        return "cpu_kernel" if kernel else "haar"
-
-    def _kernel_built(self) -> bool:
-        """Whether the C kernels loaded (looked up once per optimizer)."""
-        if self._kernel is None:
-            self._kernel = cpu_kernel.library() is not None
-        return self._kernel
-
     @staticmethod
-    def _scalars(group, t: int):
-        """Step size and decay as 0-d CPU tensors: inputs of the compiled graphs (a new learning
-        rate never recompiles) that no device has to wait for."""
-        beta1, beta2 = group["betas"]
-        step_size = group["lr"] * bias_correction(t, beta1, beta2)
-        decay = group["lr"] * group["weight_decay"]
-        return torch.tensor(step_size, dtype=torch.float64), torch.tensor(decay, dtype=torch.float64)
-
-    def _run_batch(self, path: str, items: list, group: dict, t: int) -> None:
+    def _lists(items, limiter: bool = False):
         params, grads, states = zip(*items)
-        step_size, decay = self._scalars(group, t)
-        beta1, beta2 = group["betas"]
         exp_avgs = [s["exp_avg"] for s in states]
         exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-        if path == "adam":
-            self._fn(adam_group, params[0].device)(list(params), list(grads), exp_avgs, exp_avg_sqs, step_size, decay, beta1, beta2,
-                                 group["eps"])
-            return
-        use_limiter = group["limiter"] is not None
-        prev_norms = [s["prev_norm"] for s in states] if use_limiter else exp_avgs  # unused without limiter
-        self._fn(gwt_haar_group, params[0].device)(list(params), list(grads), exp_avgs, exp_avg_sqs, prev_norms, step_size, decay,
-                                 beta1, beta2, group["eps"], group["alpha"], group["limiter"] or 1.0,
-                                 group["level"], use_limiter)
+        if not limiter:
+            return list(params), list(grads), exp_avgs, exp_avg_sqs
+        return list(params), list(grads), exp_avgs, exp_avg_sqs, [s["prev_norm"] for s in states]
 
-    def _general(self, p, grad, state, group, t: int) -> None:
-        use_limiter = group["limiter"] is not None
-        step_size, decay = self._scalars(group, t)
-        beta1, beta2 = group["betas"]
-        gwt_general_step(p, grad, state["exp_avg"], state["exp_avg_sq"], state.get("prev_norm"), step_size, decay,
-                         beta1, beta2, group["eps"], group["alpha"], group["limiter"] or 1.0, use_limiter,
-                         self.transform_for(p, group))
-
-    def _cpu_haar(self, items: list, group: dict, t: int) -> None:
-        """Same-shape fp32 CPU matrices through the C kernel in one call (both passes and the
-        limiter of each matrix)."""
-        params, grads, states = zip(*items)
+    # torch ops, eager or compiled: chunks of same-shape matrices per call
+    def _torch_haar(self, items, group, scalars, fn=gwt_haar_group):
+        step_size, decay = scalars.cpu_tensors()
         beta1, beta2 = group["betas"]
         limiter = group["limiter"]
-        cpu_kernel.haar_step(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                             [s["prev_norm"] for s in states] if limiter is not None else None, group["level"],
-                             beta1, beta2, group["eps"], group["lr"] * bias_correction(t, beta1, beta2) * group["alpha"],
-                             limiter, group["lr"] * group["weight_decay"])
+        for start in range(0, len(items), GROUP_CHUNK):
+            params, grads, exp_avgs, exp_avg_sqs, *prev = self._lists(items[start:start + GROUP_CHUNK],
+                                                                      limiter is not None)
+            fn(params, grads, exp_avgs, exp_avg_sqs, prev[0] if prev else None, step_size, decay, beta1, beta2,
+               group["eps"], group["alpha"], limiter, group["level"])
 
-    def _cpu_adam(self, items: list, group: dict, t: int) -> None:
-        params, grads, states = zip(*items)
+    def _torch_adam(self, items, group, scalars, fn=adam_group):
+        step_size, decay = scalars.cpu_tensors()
         beta1, beta2 = group["betas"]
-        cpu_kernel.adam_step(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                             beta1, beta2, group["eps"], group["lr"] * bias_correction(t, beta1, beta2),
-                             group["lr"] * group["weight_decay"])
+        for start in range(0, len(items), GROUP_CHUNK):
+            fn(*self._lists(items[start:start + GROUP_CHUNK]), step_size, decay, beta1, beta2, group["eps"])
 
-    def _cpu_dwt(self, items: list, group: dict, t: int) -> None:
-        """Any wavelet with boundary ``zero`` through the C kernel (fp32 CPU), same-shape matrices
-        together: the multi-level transform of each row runs in per-thread scratch, two passes as
-        for Haar."""
-        params, grads, states = zip(*items)
-        exp_avgs = [s["exp_avg"] for s in states]
-        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+    def _compiled_haar(self, items, group, scalars):
+        self._torch_haar(items, group, scalars, compiled(gwt_haar_group))
+
+    def _compiled_adam(self, items, group, scalars):
+        self._torch_adam(items, group, scalars, compiled(adam_group))
+
+    def _ptwt(self, items, group, scalars):
+        """Any wavelet and boundary through ptwt's transform, one matrix at a time (eager)."""
+        step_size, decay = scalars.cpu_tensors()
         beta1, beta2 = group["betas"]
-        key = (params[0].shape[-1], group["wavelet"], group["level"])
-        if key not in self._plans:
-            self._plans[key] = cpu_kernel.DWTPlan(*key)
-        plan = self._plans[key]
-        norms_sq = plan.step(grads, exp_avgs, exp_avg_sqs, beta1, beta2, group["eps"])
-        step_size = group["lr"] * bias_correction(t, beta1, beta2)
-        scales = [step_size * group["alpha"] / self._limit(s, group, nsq) for s, nsq in zip(states, norms_sq)]
-        plan.apply(params, grads, exp_avgs, exp_avg_sqs, group["eps"], scales, group["lr"] * group["weight_decay"])
+        transform = self.transform_for(items[0][0], group)
+        for p, grad, state in items:
+            gwt_general_step(p, grad, state["exp_avg"], state["exp_avg_sq"], state.get("prev_norm"), step_size,
+                             decay, beta1, beta2, group["eps"], group["alpha"], group["limiter"], transform)
 
-    @staticmethod
-    def _limit(state, group, norm_sq: float) -> float:
-        """The norm-growth limiter's lam from ||M / denom||^2 (1 without limiter); updates prev_norm."""
-        if group["limiter"] is None:
-            return 1.0
-        norm = math.sqrt(norm_sq)
-        lam = max(norm / (state["prev_norm"].item() + 1e-8), group["limiter"]) / group["limiter"]
-        state["prev_norm"].fill_(norm / lam)
-        return lam
+    # C kernels (fp32 CPU): one call per batch, arguments checked in gwt.optim.cpu_kernel
+    def _cpu_haar(self, items, group, scalars):
+        beta1, beta2 = group["betas"]
+        limiter = group["limiter"]
+        params, grads, exp_avgs, exp_avg_sqs, *prev = self._lists(items, limiter is not None)
+        cpu_kernel.haar_step(params, grads, exp_avgs, exp_avg_sqs, prev[0] if prev else None, group["level"],
+                             beta1, beta2, group["eps"], scalars.step_size * group["alpha"], limiter, scalars.decay)
+
+    def _cpu_dwt(self, items, group, scalars):
+        beta1, beta2 = group["betas"]
+        limiter = group["limiter"]
+        params, grads, exp_avgs, exp_avg_sqs, *prev = self._lists(items, limiter is not None)
+        cpu_kernel.dwt_step(params, grads, exp_avgs, exp_avg_sqs, prev[0] if prev else None, group["wavelet"],
+                            group["level"], beta1, beta2, group["eps"], scalars.step_size * group["alpha"], limiter,
+                            scalars.decay)
+
+    def _cpu_adam(self, items, group, scalars):
+        beta1, beta2 = group["betas"]
+        cpu_kernel.adam_step(*self._lists(items), beta1, beta2, group["eps"], scalars.step_size, scalars.decay)
+
+    # Triton kernels (gwt/optim/triton_kernels.py): same-shape matrices per call
+    def _triton_haar(self, items, group, scalars):
+        self._triton_gwt(_triton().haar_group, {}, items, group, scalars)
+
+    def _triton_dwt(self, items, group, scalars):
+        self._triton_gwt(_triton().dwt_group, {"wavelet": group["wavelet"]}, items, group, scalars)
+
+    def _triton_gwt(self, fn, extra, items, group, scalars):
+        beta1, beta2 = group["betas"]
+        limiter = group["limiter"]
+        params, grads, exp_avgs, exp_avg_sqs, *prev = self._lists(items, limiter is not None)
+        step_size, decay = scalars.device_tensors(params[0].device)
+        fn(params, grads, exp_avgs, exp_avg_sqs, prev[0] if prev else None, **extra, level=group["level"],
+           beta1=beta1, beta2=beta2, eps=group["eps"], alpha=group["alpha"], gamma=limiter, step_size=step_size,
+           decay=decay)
+
+    def _triton_adam(self, items, group, scalars):
+        beta1, beta2 = group["betas"]
+        params, grads, exp_avgs, exp_avg_sqs = self._lists(items)
+        step_size, decay = scalars.device_tensors(params[0].device)
+        _triton().adam_group(params, grads, exp_avgs, exp_avg_sqs, beta1=beta1, beta2=beta2, eps=group["eps"],
+                             step_size=step_size, decay=decay)

@@ -1,5 +1,5 @@
-"""Base class of the GWT optimizers: owns argument checks, group validation, state creation
-and the per-parameter loop; subclasses supply the per-parameter math."""
+"""Base class of the GWT optimizers: owns argument checks, group validation, state creation,
+state loading and copying, and the per-parameter loop; subclasses supply the per-parameter math."""
 from __future__ import annotations
 
 import torch
@@ -8,29 +8,52 @@ from gwt.optim._common import (
     check_gwt_group,
     check_grad,
     check_range,
-    compile_enabled,
+    resolve_backend,
     resolve_state_dtype,
     state_dtype_for,
 )
 from gwt.wavelets import RowTransform, approx_len
 
 #: Keys every GWT group carries, with their defaults.
-GWT_DEFAULTS = dict(wavelet="haar", level=2, alpha=0.25, boundary="zero", limiter=1.01, closed_form=True)
+GWT_DEFAULTS = dict(wavelet="haar", level=2, alpha=0.25, boundary="zero", limiter=1.01)
 
 
 class GWTOptimizerBase(torch.optim.Optimizer):
-    """Common machinery. Groups with ``level=0`` or ``wavelet=None`` run the plain rule."""
+    """Common machinery. Groups with ``level=0`` or ``wavelet=None`` run the plain rule.
 
-    def __init__(self, params, defaults: dict, *, state_dtype=None, compile: bool | None = None):
+    ``BACKENDS``: the ``backend`` values a subclass implements (``auto`` resolves per parameter).
+    """
+
+    BACKENDS: tuple[str, ...] = ("auto", "torch")
+
+    def __init__(self, params, defaults: dict, *, state_dtype=None, backend: str | None = "auto"):
         check_range("lr", defaults["lr"], 0.0)
         check_range("weight_decay", defaults["weight_decay"], 0.0)
         self.state_dtype = resolve_state_dtype(state_dtype)
-        self.use_compile = compile_enabled(compile)
+        self.backend = resolve_backend(backend)
+        if self.backend not in self.BACKENDS:
+            raise ValueError(f"backend={self.backend!r} is not available for {type(self).__name__}; "
+                             f"valid: {', '.join(self.BACKENDS)}")
+        self._reset_caches()
         super().__init__(params, defaults)
 
+    # -- groups ------------------------------------------------------------------------------
+
     def add_param_group(self, param_group: dict) -> None:
+        """As torch's, and a group that fails validation is not installed (the optimizer is unchanged)."""
+        count = len(self.param_groups)
         super().add_param_group(param_group)
-        group = self.param_groups[-1]
+        try:
+            self._validate_group(self.param_groups[-1])
+        except Exception:
+            del self.param_groups[count:]
+            raise
+        self._reset_caches()
+
+    def _validate_group(self, group: dict) -> None:
+        if group.pop("closed_form", True) is not True:
+            raise ValueError(f"closed_form=False is not an option of {type(self).__name__}; the Haar closed form is "
+                             "exact (wavelet='db1' runs Haar through the general transform)")
         check_range("lr", group["lr"], 0.0)
         check_range("weight_decay", group["weight_decay"], 0.0)
         self._check_group(group)
@@ -39,6 +62,14 @@ class GWTOptimizerBase(torch.optim.Optimizer):
     def _check_group(self, group: dict) -> None:
         """Subclass hook for rule-specific keys."""
 
+    def _reset_caches(self) -> None:
+        """Forget what is derived from the groups and states (after they change)."""
+
+    @staticmethod
+    def param_name(group: dict, index: int, group_index: int) -> str:
+        names = group.get("param_names")
+        return repr(names[index]) if names else f"#{index} of group {group_index}"
+
     @staticmethod
     def approx_shape(param: torch.Tensor, group: dict) -> tuple[int, int]:
         n = param.shape[-1]
@@ -46,8 +77,7 @@ class GWTOptimizerBase(torch.optim.Optimizer):
 
     @staticmethod
     def transform_for(param: torch.Tensor, group: dict) -> RowTransform:
-        return RowTransform(param.shape[-1], group["wavelet"], group["level"], group["boundary"],
-                            group["closed_form"])
+        return RowTransform(param.shape[-1], group["wavelet"], group["level"], group["boundary"])
 
     def _params_with_grad(self, group: dict):
         for p in group["params"]:
@@ -58,6 +88,9 @@ class GWTOptimizerBase(torch.optim.Optimizer):
 
     def _new_state_tensor(self, shape, param: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.zeros(shape, dtype=dtype or state_dtype_for(param, self.state_dtype), device=param.device)
+
+    def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
+        raise NotImplementedError
 
     @staticmethod
     def _evaluate(closure):
@@ -73,3 +106,100 @@ class GWTOptimizerBase(torch.optim.Optimizer):
         t = int(state["step"].item()) + 1
         state["step"].fill_(t)
         return t
+
+    # -- copies and pickles ------------------------------------------------------------------
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.update(state_dtype=self.state_dtype, backend=self.backend)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._reset_caches()
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def _expected_state(self, p: torch.Tensor, group: dict) -> dict:
+        """The state this optimizer creates for ``p`` in ``group`` (shapes and dtypes, no memory)."""
+        expected: dict = {}
+        self._init_state(torch.empty(p.shape, dtype=p.dtype, device="meta"), group, expected)
+        return expected
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a state dict saved by this optimizer class.
+
+        Checked before anything changes: the groups carry this optimizer's keys with valid values,
+        and every state tensor has the shape this optimizer would create for its parameter (an
+        error names the parameter and both shapes). State tensors keep the dtypes this optimizer
+        creates (fp32 moments for bf16/fp16 parameters, ``state_dtype``), whatever the parameter
+        dtype; a ``step`` saved as a plain number is accepted.
+        """
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= set(state_dict):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: expected a dict with 'state' and "
+                             "'param_groups' (from optimizer.state_dict())")
+        saved_state, saved_groups = state_dict["state"], state_dict["param_groups"]
+        plan = self._check_loaded(saved_state, saved_groups)
+        super().load_state_dict(dict(state_dict, state={}))
+        for p, saved, expected in plan:
+            self.state[p] = self._restore(p, saved, expected)
+        self._reset_caches()
+
+    def _check_loaded(self, saved_state: dict, saved_groups: list) -> list:
+        """Validate a loaded state dict against this optimizer; returns (param, saved, expected) per state."""
+        cls = type(self).__name__
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"{cls}.load_state_dict: the state dict has {len(saved_groups)} parameter groups, "
+                             f"this optimizer {len(self.param_groups)}")
+        required = set(self.defaults)
+        plan = []
+        for g, (group, saved_group) in enumerate(zip(self.param_groups, saved_groups)):
+            missing = sorted(required - set(saved_group))
+            if missing:
+                raise ValueError(f"{cls}.load_state_dict: parameter group {g} of the state dict lacks "
+                                 f"{', '.join(map(repr, missing))}: it was not saved by {cls} (e.g. by "
+                                 f"torch.optim.AdamW); valid: a state dict from {cls}.state_dict()")
+            if len(saved_group["params"]) != len(group["params"]):
+                raise ValueError(f"{cls}.load_state_dict: parameter group {g} has {len(saved_group['params'])} "
+                                 f"parameters in the state dict, {len(group['params'])} in this optimizer")
+            merged = dict(saved_group, params=group["params"])
+            if "param_names" in group and "param_names" not in saved_group:
+                merged["param_names"] = group["param_names"]
+            self._validate_group(dict(merged))
+            for i, (pid, p) in enumerate(zip(saved_group["params"], group["params"])):
+                if pid not in saved_state:
+                    continue
+                saved = saved_state[pid]
+                expected = self._expected_state(p, merged)
+                name = self.param_name(merged, i, g)
+                for key, want in expected.items():
+                    if key not in saved:
+                        raise ValueError(f"{cls}.load_state_dict: the state of parameter {name} lacks {key!r}; "
+                                         f"valid: a state dict from {cls}.state_dict()")
+                    value = saved[key]
+                    if isinstance(value, torch.Tensor):
+                        if value.shape != want.shape:
+                            raise ValueError(
+                                f"{cls}.load_state_dict: state {key!r} of parameter {name} has shape "
+                                f"{tuple(value.shape)}, but this optimizer needs {tuple(want.shape)} for that "
+                                f"parameter (shape {tuple(p.shape)}, wavelet={merged.get('wavelet')!r}, "
+                                f"level={merged.get('level')})")
+                        if not (value.is_floating_point() or key == "step"):
+                            raise ValueError(f"{cls}.load_state_dict: state {key!r} of parameter {name} is a "
+                                             f"{value.dtype} tensor; valid: a floating-point tensor")
+                    elif key != "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                        raise ValueError(f"{cls}.load_state_dict: state {key!r} of parameter {name} is "
+                                         f"{type(value).__name__}; valid: a tensor of shape {tuple(want.shape)}")
+                plan.append((p, saved, expected))
+        return plan
+
+    @staticmethod
+    def _restore(p: torch.Tensor, saved: dict, expected: dict) -> dict:
+        state = {}
+        for key, want in expected.items():
+            value = saved[key]
+            if not isinstance(value, torch.Tensor):
+                value = torch.tensor(float(value))
+            device = p.device if want.device.type == "meta" else want.device
+            state[key] = value.detach().to(device=device, dtype=want.dtype, copy=True)
+        return state

@@ -32,20 +32,22 @@ class GWT(GWTOptimizerBase):
     """Wrap ``optimizer_class`` (any ``torch.optim.Optimizer``) with GWT.
 
     ``GWT(groups, torch.optim.SGD, lr=0.1, momentum=0.9, wavelet="haar", level=2)``; the keyword
-    arguments that are not GWT keys (wavelet, level, alpha, boundary, closed_form,
-    detail_scale; lr, weight_decay) go to ``optimizer_class``.
+    arguments that are not GWT keys (wavelet, level, alpha, boundary, detail_scale, backend;
+    lr, weight_decay) go to ``optimizer_class``. ``backend``: ``"auto"`` or ``"torch"`` (the
+    transform runs in torch ops; the inner optimizer brings its own implementation).
     """
 
     def __init__(self, params, optimizer_class, lr: float = 1e-3, weight_decay: float = 0.0, *,
                  wavelet: str | None = "haar", level: int = 2, alpha: float = 1.0, boundary: str = "zero",
-                 closed_form: bool = True, detail_scale: str = "none", **inner_kwargs):
+                 detail_scale: str = "none", backend: str | None = "auto", **inner_kwargs):
         if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
             raise ValueError(f"optimizer_class={optimizer_class!r} must be a torch.optim.Optimizer subclass")
         if detail_scale not in DETAIL_SCALES:
             raise ValueError(f"detail_scale={detail_scale!r}; valid: {', '.join(DETAIL_SCALES)}")
         defaults = dict(GWT_DEFAULTS, lr=lr, weight_decay=weight_decay, wavelet=wavelet, level=level, alpha=alpha,
-                        boundary=boundary, limiter=None, closed_form=closed_form, detail_scale=detail_scale)
-        super().__init__(params, defaults, compile=False)
+                        boundary=boundary, limiter=None, detail_scale=detail_scale)
+        super().__init__(params, defaults, backend=backend)
+        self.optimizer_class = optimizer_class
         self.stand_ins: dict[torch.Tensor, torch.Tensor] = {}
         inner_groups = []
         for group in self.param_groups:
@@ -77,6 +79,8 @@ class GWT(GWTOptimizerBase):
             if not group_is_gwt(group):
                 continue
             for p, grad in self._params_with_grad(group):
+                if p.numel() == 0:
+                    continue  # nothing to update
                 transform = self.transform_for(p, group)
                 approx, ctx = transform.analyze(grad.to(compute_dtype(p)))
                 stand_in = self.stand_ins[p]
@@ -100,6 +104,14 @@ class GWT(GWTOptimizerBase):
     def zero_grad(self, set_to_none: bool = True):
         super().zero_grad(set_to_none)
         self.inner.zero_grad(set_to_none)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.update(inner=self.inner, stand_ins=self.stand_ins, optimizer_class=self.optimizer_class)
+        return state
+
+    def _init_state(self, p, group, state) -> None:
+        """Nothing per parameter: the inner optimizer keeps the states (of the stand-ins)."""
 
     def state_dict(self):
         return {"gwt": super().state_dict(), "inner": self.inner.state_dict()}

@@ -106,15 +106,19 @@ def test_haar_closed_form_equals_ptwt_path(level, shape):
     w0, grads = make_problem(shape, steps=5, seed=level)
     if math.ceil(shape[1] / 2 ** (level - 1)) < 2:
         pytest.skip("level deeper than the row length allows")
-    fast, _ = run_gwt(w0, grads, lr=1e-2, wavelet="haar", level=level, closed_form=True)
-    slow, _ = run_gwt(w0, grads, lr=1e-2, wavelet="haar", level=level, closed_form=False)
+    fast, opt = run_gwt(w0, grads, lr=1e-2, wavelet="haar", level=level, backend="torch")
+    assert opt.step_backends() == {"haar@torch": 1}
+    # db1 is Haar under another name: the general transform (ptwt)
+    slow, opt = run_gwt(w0, grads, lr=1e-2, wavelet="db1", level=level, backend="torch")
+    assert opt.step_backends() == {"dwt@ptwt": 1}
     assert np.linalg.norm(fast - slow) / np.linalg.norm(slow - w0) < 1e-12
 
 
 def test_level0_equals_torch_adamw_without_eps():
-    """With eps=0 and no weight decay the released convention is exactly AdamW."""
+    """With eps -> 0 (eps = 0 itself is refused) and no weight decay the released convention is
+    exactly AdamW."""
     w0, grads = make_problem((5, 9), steps=8)
-    ours, _ = run_gwt(w0, grads, lr=1e-2, eps=0.0, level=0)
+    ours, _ = run_gwt(w0, grads, lr=1e-2, eps=1e-300, level=0)
     p = torch.nn.Parameter(torch.tensor(w0))
     ref = torch.optim.AdamW([p], lr=1e-2, betas=(B1, B2), eps=0.0, weight_decay=0.0)
     for g in grads:
@@ -251,7 +255,8 @@ def test_compiled_step_matches_eager():
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
         vec = torch.nn.Parameter(torch.randn(10))
-        opt = GWTAdamW([{"params": params}, {"params": [vec], "level": 0}], lr=1e-2, level=2, compile=flag)
+        opt = GWTAdamW([{"params": params}, {"params": [vec], "level": 0}], lr=1e-2, level=2,
+                       backend="compile" if flag else "torch")
         gen = torch.Generator().manual_seed(1)
         for _ in range(4):
             for p in [*params, vec]:
@@ -276,7 +281,7 @@ def test_cuda_tracks_fp64_reference(compile_step):
     for name, device, dtype, comp in (("fp64", "cpu", torch.float64, False), ("cpu32", "cpu", torch.float32, False),
                                       ("cuda32", "cuda", torch.float32, compile_step)):
         ps = [torch.nn.Parameter(w.to(device, dtype, copy=True)) for w in w0]
-        opt = GWTAdamW(ps, lr=1e-2, level=3, weight_decay=0.1, compile=comp, cpu_kernel=False)
+        opt = GWTAdamW(ps, lr=1e-2, level=3, weight_decay=0.1, backend="compile" if comp else "torch")
         for gs in grads:
             for p, g in zip(ps, gs):
                 p.grad = g.to(device, dtype)
@@ -287,7 +292,7 @@ def test_cuda_tracks_fp64_reference(compile_step):
     err_cpu = (out["cpu32"] - out["fp64"]).norm() / moved
     assert err_cuda < 1e-4 and err_cuda < 3 * err_cpu + 1e-6, (err_cuda, err_cpu)
     pb = torch.nn.Parameter(w0[0].to("cuda", torch.bfloat16, copy=True))
-    opt = GWTAdamW([pb], lr=1e-2, level=3, compile=compile_step)
+    opt = GWTAdamW([pb], lr=1e-2, level=3, backend="compile" if compile_step else "torch")
     pb.grad = grads[0][0].cuda().bfloat16()
     opt.step()
     assert opt.state[pb]["exp_avg"].dtype == torch.float32 and opt.state[pb]["exp_avg"].is_cuda
@@ -308,13 +313,12 @@ def _kernel_torch_fp64(shape, seed: int, path: str, **options):
     for name, dtype, use_kernel in (("kernel", torch.float32, True), ("torch", torch.float32, False),
                                     ("fp64", torch.float64, False)):
         p = torch.nn.Parameter(w0.clone().to(dtype))
-        opt = GWTAdamW([p], lr=1e-2, weight_decay=0.1, cpu_kernel=use_kernel, **options)
-        p.grad = grads[0].to(dtype)
-        taken = opt._path(p, p.grad, {"exp_avg": p.grad, "exp_avg_sq": p.grad}, opt.param_groups[0])
-        assert (taken == path) == (name == "kernel"), (name, taken)
+        opt = GWTAdamW([p], lr=1e-2, weight_decay=0.1, backend="cpu" if use_kernel else "torch", **options)
         for g in grads:
             p.grad = g.to(dtype)
             opt.step()
+        taken = opt.step_backends()
+        assert (taken == {path: 1}) == (name == "kernel"), (name, taken)
         out[name] = (p.detach().double(), opt.state[p]["exp_avg_sq"].double())
     moved = (out["fp64"][0] - w0).norm()
     err = {k: ((out[k][0] - out["fp64"][0]).norm() / moved).item() for k in ("kernel", "torch")}
@@ -330,7 +334,7 @@ def test_cpu_kernel_as_accurate_as_torch_path(level, shape, limiter):
 
     (GWT updates can be huge where a block mean is tiny, so fp32 rounding is judged against
     the fp64 run rather than with a fixed tolerance.)"""
-    err, v_err = _kernel_torch_fp64(shape, level, "cpu_kernel", level=level, limiter=limiter)
+    err, v_err = _kernel_torch_fp64(shape, level, "haar@cpu", level=level, limiter=limiter)
     assert err["kernel"] < 1e-4 and err["kernel"] < 3 * err["torch"] + 1e-6, err
     assert v_err < 1e-6, v_err
 
@@ -346,7 +350,7 @@ def test_cpu_dwt_kernel_as_accurate_as_ptwt_path(wavelet, level, shape, limiter)
     eps = 0.1 keeps every denominator away from 0: with the default eps a few tiny
     approximation coefficients amplify fp32 rounding arbitrarily (the kernel and the fp32
     ptwt path then differ from fp64 by 1e-7 to 1e-4, each luckier in about half the cases)."""
-    err, v_err = _kernel_torch_fp64(shape, level, "cpu_dwt", wavelet=wavelet, level=level, limiter=limiter,
+    err, v_err = _kernel_torch_fp64(shape, level, "dwt@cpu", wavelet=wavelet, level=level, limiter=limiter,
                                     alpha=0.5, eps=0.1)
     assert err["kernel"] < 2e-5 and err["kernel"] < 1.5 * err["torch"], err
     assert v_err < 1e-6, v_err
@@ -356,10 +360,10 @@ def test_cpu_dwt_kernel_only_for_zero_boundary():
     """Other boundary modes keep the ptwt path (the kernel implements mode "zero" only)."""
     p = torch.nn.Parameter(torch.randn(4, 64))
     p.grad = torch.randn(4, 64)
-    for boundary, path in (("zero", "cpu_dwt"), ("symmetric", "general"), ("periodic", "general")):
-        opt = GWTAdamW([p], lr=1e-3, wavelet="db2", level=2, boundary=boundary)
+    for boundary, path in (("zero", "dwt@cpu"), ("symmetric", "dwt@ptwt"), ("periodic", "dwt@ptwt")):
+        opt = GWTAdamW([p], lr=1e-3, wavelet="db2", level=2, boundary=boundary, backend="cpu")
         opt.step()
-        assert opt._path(p, p.grad, opt.state[p], opt.param_groups[0]) == path
+        assert opt.step_backends() == {path: 1}
 
 
 @pytest.mark.parametrize("wavelet", ["haar", "db2"])
@@ -374,7 +378,8 @@ def test_cpu_kernel_batches_same_shape_matrices(wavelet):
     out = {}
     for use_kernel in (True, False):
         ps = [torch.nn.Parameter(w.clone()) for w in w0]
-        opt = GWTAdamW(ps, lr=1e-2, wavelet=wavelet, level=2, weight_decay=0.1, eps=0.1, cpu_kernel=use_kernel)
+        opt = GWTAdamW(ps, lr=1e-2, wavelet=wavelet, level=2, weight_decay=0.1, eps=0.1,
+                       backend="cpu" if use_kernel else "torch")
         for gs in grads:
             for p, g in zip(ps, gs):
                 p.grad = g
@@ -402,7 +407,8 @@ for wavelet, level, shape in (("haar", 1, (6, 66)), ("haar", 2, (5, 130)), ("haa
     out = []
     for use_kernel in (True, False):
         p = torch.nn.Parameter(w0.clone())
-        opt = GWTAdamW([p], lr=1e-2, wavelet=wavelet, level=level, eps=0.1, weight_decay=0.1, cpu_kernel=use_kernel)
+        opt = GWTAdamW([p], lr=1e-2, wavelet=wavelet, level=level, eps=0.1, weight_decay=0.1,
+                       backend="cpu" if use_kernel else "torch")
         for g in grads:
             p.grad = g
             opt.step()
@@ -426,7 +432,7 @@ def test_cpu_kernel_plain_adam_matches_torch_path():
     out = {}
     for use_kernel in (True, False):
         ps = [torch.nn.Parameter(w.clone()) for w in w0]
-        opt = GWTAdamW(ps, lr=1e-2, level=0, weight_decay=0.1, cpu_kernel=use_kernel)
+        opt = GWTAdamW(ps, lr=1e-2, level=0, weight_decay=0.1, backend="cpu" if use_kernel else "torch")
         for gs in grads:
             for p, g in zip(ps, gs):
                 p.grad = g
