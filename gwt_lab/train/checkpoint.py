@@ -39,6 +39,7 @@ from typing import Callable
 
 import torch
 
+from gwt_lab.train.faults import fault_point
 from gwt_lab.train.safe_state import from_plain, to_plain
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
@@ -222,6 +223,7 @@ class CheckpointManager:
                 tmp.mkdir()
             self.barrier()
             _save_file(local, tmp / f"rank{self.rank}.pt")
+            fault_point(f"checkpoint_write:{int(step)}")
             if self.rank == 0:
                 for key, value in shared.items():
                     _save_file(value, tmp / f"{key}.pt")
@@ -239,6 +241,7 @@ class CheckpointManager:
                     shutil.rmtree(final)
                 os.replace(tmp, final)
                 _fsync_dir(self.root)
+                fault_point(f"checkpoint_renamed:{int(step)}")
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             if err.errno in (errno.ENOSPC, errno.EDQUOT):

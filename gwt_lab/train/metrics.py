@@ -16,6 +16,8 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from gwt_lab.train.faults import ENV as FAULT_ENV, fault_point
+
 
 def _jsonable(value):
     if hasattr(value, "item"):  # 0-d tensors and numpy scalars
@@ -91,7 +93,12 @@ class MetricsLogger:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a")
-        self._file.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if os.environ.get(FAULT_ENV) == f"metrics_partial:{record['step']}":
+            self._file.write(line[:len(line) // 2])
+            self._file.flush()
+            fault_point(f"metrics_partial:{record['step']}")
+        self._file.write(line)
         self._file.flush()
         for sink in self.sinks:
             sink(record)

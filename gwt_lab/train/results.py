@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from gwt_lab.train.faults import fault_point
+
 
 def git_commit(repo_dir: str | os.PathLike | None = None) -> tuple[str | None, bool | None]:
     """``(commit sha, has uncommitted changes to tracked files)`` of the repository holding ``repo_dir``
@@ -68,6 +70,7 @@ def write_result(output_dir: str | os.PathLike, config: dict, metrics: dict,
 
     ``commit``: ``git_commit()`` taken when the run started (default: taken now).
     """
+    fault_point("result_write")
     sha, dirty = commit if commit is not None else git_commit()
     result = {"config": config, "git_commit": sha, "git_dirty": dirty, "metrics": metrics,
               "machine": machine_info(),
