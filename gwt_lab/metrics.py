@@ -12,18 +12,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-# The paper's metric per task: the key that `score` copies.
-SCORE_KEYS = {
-    "cola": "matthews_correlation",
-    "stsb": "pearson",
-    "mrpc": "f1",
-    "qqp": "accuracy",
-    "mnli": "accuracy_matched",
-    "qnli": "accuracy",
-    "rte": "accuracy",
-    "sst2": "accuracy",
-    "wnli": "accuracy",
-}
+from gwt_lab.constants import GLUE_SCORE_KEYS as SCORE_KEYS  # the paper's metric per task: the key `score` copies
 
 
 def accuracy(preds, labels) -> float:

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from gwt_lab.constants import GLUE_SCORE_KEYS
+from gwt_lab.jsonl import read_jsonl
+
 PAPER_DIR = "paper"  # results/paper holds the paper's CSVs, never runs
 
 # Model config name -> column label of the paper's tables.
@@ -33,17 +36,19 @@ PAPER_LLAMA = ("llama_60m", "llama_130m", "llama_350m", "llama_1b")
 # Hidden size -> model name, for results whose config lacks a model name (Table A1 sizes).
 _HIDDEN_TO_LLAMA = {512: "llama_60m", 768: "llama_130m", 1024: "llama_350m", 2048: "llama_1b", 4096: "llama_7b"}
 
-# GLUE task key -> (paper column, metric names tried in order, paper's metric in words).
+# GLUE task key -> (paper column, metric names tried in order, paper's metric in words). The first
+# name is the paper's metric (gwt_lab.constants.GLUE_SCORE_KEYS); the others are other spellings.
+_S = GLUE_SCORE_KEYS
 GLUE_TASKS = {
-    "cola": ("CoLA", ("matthews_correlation", "mcc", "matthews"), "Matthews corr."),
-    "stsb": ("STS-B", ("pearson", "pearsonr", "pearson_r"), "Pearson"),
-    "mrpc": ("MRPC", ("f1",), "F1"),
-    "rte": ("RTE", ("accuracy", "acc"), "accuracy"),
-    "sst2": ("SST-2", ("accuracy", "acc"), "accuracy"),
-    "mnli": ("MNLI", ("accuracy_matched", "matched_accuracy", "accuracy", "acc"), "matched accuracy"),
-    "qnli": ("QNLI", ("accuracy", "acc"), "accuracy"),
-    "qqp": ("QQP", ("accuracy", "acc"), "accuracy"),
-    "wnli": ("WNLI", ("accuracy", "acc"), "accuracy"),
+    "cola": ("CoLA", (_S["cola"], "mcc", "matthews"), "Matthews corr."),
+    "stsb": ("STS-B", (_S["stsb"], "pearsonr", "pearson_r"), "Pearson"),
+    "mrpc": ("MRPC", (_S["mrpc"],), "F1"),
+    "rte": ("RTE", (_S["rte"], "acc"), "accuracy"),
+    "sst2": ("SST-2", (_S["sst2"], "acc"), "accuracy"),
+    "mnli": ("MNLI", (_S["mnli"], "matched_accuracy", "accuracy", "acc"), "matched accuracy"),
+    "qnli": ("QNLI", (_S["qnli"], "acc"), "accuracy"),
+    "qqp": ("QQP", (_S["qqp"], "acc"), "accuracy"),
+    "wnli": ("WNLI", (_S["wnli"], "acc"), "accuracy"),
 }
 GLUE_PAPER_EPOCHS = 30
 GLUE_PAPER_MODEL = "roberta_base"
@@ -290,23 +295,6 @@ def _describe_machine(info: dict, world_size=None) -> str:
         procs = f", {world_size} processes" if world_size and world_size > 1 else ""
         return f"CPU {info.get('cpu', '?')}, {info.get('cpu_count', '?')} cores{procs}{torch_version}"
     return ", ".join(f"{k}={v}" for k, v in info.items())
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Every JSON object of a .jsonl file; a torn last line (a run killed mid-write) is skipped."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def load_runs(root: str | Path = "results") -> list[Run]:

@@ -4,21 +4,16 @@ per optimizer, the paper's metric for the task (`score`), plus each run's budget
     python scripts/glue_summary.py results/glue/minilm_cpu            # prints and writes summary.md there
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gwt_lab.results import GLUE_TASKS, Run, load_runs  # noqa: E402
+
 METHODS = {"adamw": "AdamW", "gwt": "GWT Haar-2", "galore": "GaLore-1/4"}
-TASK_ORDER = ["cola", "stsb", "mrpc", "rte", "sst2", "mnli", "qnli", "qqp", "wnli"]
-
-
-def load_runs(root: Path) -> list[dict]:
-    runs = []
-    for path in sorted(root.rglob("result.json")):
-        result = json.loads(path.read_text())
-        result["path"] = path.parent.relative_to(root).as_posix()
-        runs.append(result)
-    return runs
+TASK_ORDER = list(GLUE_TASKS)  # the paper's task order
 
 
 def method_label(optimizer: dict) -> str:
@@ -28,41 +23,41 @@ def method_label(optimizer: dict) -> str:
     return label
 
 
-def score_table(runs: list[dict]) -> list[str]:
-    methods = [m for m in METHODS.values() if any(method_label(r["config"]["optimizer"]) == m for r in runs)]
-    methods += sorted({method_label(r["config"]["optimizer"]) for r in runs} - set(methods))
-    cells = {(r["config"]["task"]["name"], method_label(r["config"]["optimizer"])): r for r in runs}
+def score_table(runs: list[Run]) -> list[str]:
+    methods = [m for m in METHODS.values() if any(method_label(r.optimizer) == m for r in runs)]
+    methods += sorted({method_label(r.optimizer) for r in runs} - set(methods))
+    cells = {(r.task, method_label(r.optimizer)): r for r in runs}
     tasks = sorted({t for t, _ in cells}, key=lambda t: TASK_ORDER.index(t) if t in TASK_ORDER else 99)
     gap = "AdamW" in methods and "GWT Haar-2" in methods
     head = ["task", "metric", "train examples (steps x batch)"] + methods + (["GWT − AdamW"] if gap else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for task in tasks:
         any_run = next(r for (t, _), r in cells.items() if t == task)
-        trainer = any_run["config"]["trainer"]
-        budget = f"{any_run['metrics']['steps'] * trainer['total_batch_size']} ({any_run['metrics']['steps']} x " \
-                 f"{trainer['total_batch_size']}, {any_run['metrics']['epochs']:.2g} epoch)"
-        row = [task, any_run["config"]["task"]["metric"], budget]
-        row += [f"{cells[(task, m)]['metrics']['score']:.2f}" if (task, m) in cells else "—" for m in methods]
+        trainer, metrics = any_run.config["trainer"], any_run.metrics
+        budget = f"{metrics['steps'] * trainer['total_batch_size']} ({metrics['steps']} x " \
+                 f"{trainer['total_batch_size']}, {metrics['epochs']:.2g} epoch)"
+        row = [task, any_run.config["task"]["metric"], budget]
+        row += [f"{cells[(task, m)].metrics['score']:.2f}" if (task, m) in cells else "—" for m in methods]
         if gap:
             both = (task, "AdamW") in cells and (task, "GWT Haar-2") in cells
-            row.append(f"{cells[(task, 'GWT Haar-2')]['metrics']['score'] - cells[(task, 'AdamW')]['metrics']['score']:+.2f}"
+            row.append(f"{cells[(task, 'GWT Haar-2')].metrics['score'] - cells[(task, 'AdamW')].metrics['score']:+.2f}"
                        if both else "—")
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
 
-def run_table(runs: list[dict]) -> list[str]:
+def run_table(runs: list[Run]) -> list[str]:
     head = ["run", "model", "optimizer", "lr", "max length", "steps", "final metrics", "train examples/s",
             "optimizer state MB", "peak RSS MB", "commit"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
-        m, c = r["metrics"], r["config"]
+        m, c = r.metrics, r.config
         final = ", ".join(f"{k} {v:.2f}" for k, v in m["final"].items() if k not in ("step", "epoch", "score"))
         lines.append("| " + " | ".join([
-            f"`{r['path']}`", c["model"]["name"], method_label(c["optimizer"]), f"{c['optimizer']['lr']:g}",
+            f"`{r.path.as_posix()}`", c["model"]["name"], method_label(c["optimizer"]), f"{c['optimizer']['lr']:g}",
             str(c["trainer"]["max_length"]), str(m["steps"]), final, f"{m['train_examples_per_s']:.2f}",
             f"{m['optimizer_state_bytes'] / 2**20:.1f}", f"{m['peak_memory_bytes'] / 2**20:.0f}",
-            (r.get("git_commit") or "?")[:8] + ("+dirty" if r.get("git_dirty") else "")]) + " |")
+            (r.git_commit or "?")[:8] + ("+dirty" if r.extra.get("git_dirty") else "")]) + " |")
     return lines
 
 
@@ -75,8 +70,8 @@ def main(argv=None) -> int:
     if not runs:
         print(f"error: no result.json under {args.root}", file=sys.stderr)
         return 2
-    machines = sorted({f"{r['machine'].get('cpu', '?')} x{r['machine'].get('cpu_count', '?')} cores, "
-                       f"torch {r['machine'].get('torch', '?')}" for r in runs})
+    machines = sorted({f"{r.extra['machine'].get('cpu', '?')} x{r.extra['machine'].get('cpu_count', '?')} cores, "
+                       f"torch {r.extra['machine'].get('torch', '?')}" for r in runs})
     text = "\n".join([f"# GLUE runs under `{args.root.as_posix()}`", "",
                       f"Generated by `python scripts/glue_summary.py {args.root.as_posix()}`. Scores in percent, "
                       "on the full dev split; `score` is the paper's metric for the task.", "",

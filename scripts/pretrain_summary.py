@@ -9,7 +9,6 @@ The runs are made by scripts/run_pretrain_cpu.sh (throughput | imdb).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gwt_lab.results import method_label  # noqa: E402
+from gwt_lab.results import load_runs  # noqa: E402
 
 STUDIES = {
     "throughput_llama20m": ("CPU throughput and memory: llama_20m, AdamW vs GWT Haar-2",
@@ -36,13 +35,11 @@ ORDER = ("Full-Rank", "Haar-2", "DB2-2", "GaLore-1/4")
 
 def load(study_dir: Path) -> list[dict]:
     runs = []
-    for result_path in sorted(study_dir.glob("*/result.json")):
-        result = json.loads(result_path.read_text())
-        lines = [json.loads(x) for x in (result_path.parent / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        cfg = result["config"]
-        label = method_label(cfg["optimizer"], cfg["model"]["hidden_size"])
-        runs.append({"dir": result_path.parent, "label": label, "result": result, "cfg": cfg,
-                     "train": [x for x in lines if "loss" in x], "eval": [x for x in lines if "eval_loss" in x]})
+    for run in load_runs(study_dir):
+        lines = run.curve()
+        runs.append({"dir": study_dir / run.path, "label": run.method, "result": {"metrics": run.metrics, "git_commit": run.git_commit, **run.extra},
+                     "cfg": run.config, "train": [x for x in lines if "loss" in x],
+                     "eval": [x for x in lines if "eval_loss" in x]})
     return sorted(runs, key=lambda r: ORDER.index(r["label"]) if r["label"] in ORDER else len(ORDER))
 
 

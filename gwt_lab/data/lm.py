@@ -28,8 +28,9 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from gwt_lab.constants import IGNORE_INDEX
+
 DATA_SOURCES = ("hub", "local")
-IGNORE_INDEX = -100
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from gwt_lab.constants import IGNORE_INDEX
 
 
 def count_targets(labels: torch.Tensor) -> torch.Tensor:
