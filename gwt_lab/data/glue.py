@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import datasets
 
 HUB_DATASET = "nyu-mll/glue"
+STSB_RANGE = (0.0, 5.0)  # STS-B similarity scores
 
 # Local file name of each hub split.
 SPLIT_FILES = {
@@ -172,16 +173,23 @@ def read_glue_tsv(path: str, task: GlueTask) -> dict[str, list]:
 
 def _parse_label(text: str, task: GlueTask, where: str):
     text = text.strip()
+    if task.is_regression:
+        try:
+            score = float(text)
+        except ValueError:
+            score = float("nan")
+        if not STSB_RANGE[0] <= score <= STSB_RANGE[1]:  # also refuses nan and inf
+            raise ValueError(f"{where}: bad score {text!r} for task {task.name!r}; expected a number in "
+                             f"[{STSB_RANGE[0]:g}, {STSB_RANGE[1]:g}]")
+        return score
     try:
-        if task.is_regression:
-            return float(text)
         if task.label_names:
             return task.label_names.index(text)
         label = int(text)
     except ValueError:
         label = None
     if label is None or not 0 <= label < task.num_labels:
-        valid = "a float score" if task.is_regression else (list(task.label_names) or list(range(task.num_labels)))
+        valid = list(task.label_names) or list(range(task.num_labels))
         raise ValueError(f"{where}: bad label {text!r} for task {task.name!r}; expected {valid}")
     return label
 

@@ -21,8 +21,11 @@ continues with the same sequences an uninterrupted run would have seen.
 from __future__ import annotations
 
 import glob
+import gzip
 import itertools
+import json
 import os
+import zlib
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -101,13 +104,122 @@ def local_files(src: TextSource, split: str) -> list[str]:
     return files
 
 
+class DataError(ValueError):
+    """Unusable data (not gzip, malformed JSON, missing or empty text); the message names the file."""
+
+
+class EmptyDocumentsError(DataError):
+    """A document stream has no document, or no document with text."""
+
+
+CHECK_LINES = 100  # records read from the start of every shard before any work
+_CHECKED: set = set()
+
+
+def _shard_lines(path: str):
+    """``(line number, line)`` of a json.gz / jsonl shard; ``DataError`` naming the file if it cannot be read."""
+    try:
+        if path.endswith(".gz"):
+            with open(path, "rb") as raw:
+                if raw.read(2) != b"\x1f\x8b":
+                    raise DataError(f"{path} is not a gzip file (its name ends in .gz); data.dir shards must be "
+                                    "gzip-compressed JSON lines (or plain .jsonl/.json files)")
+        with (gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")) as f:
+            yield from enumerate(f, start=1)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:
+        raise DataError(f"{path} cannot be read ({type(err).__name__}: {err})") from None
+
+
+def _check_record(line: str, path: str, line_no: int, text_key: str) -> str | None:
+    """The text of one JSON line (None for a blank line); ``DataError`` naming file and line otherwise."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError as err:
+        raise DataError(f"{path}:{line_no}: not a JSON object ({err})") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}:{line_no}: not a JSON object (a {type(record).__name__})")
+    if text_key not in record:
+        raise DataError(f"{path}:{line_no}: record has no {text_key!r} field (data.text_key={text_key!r}); its "
+                        f"fields are {sorted(record)[:10]}")
+    if not isinstance(record[text_key], str):
+        raise DataError(f"{path}:{line_no}: {text_key!r} has type {type(record[text_key]).__name__}, not string "
+                        f"(data.text_key={text_key!r})")
+    return record[text_key]
+
+
+def check_local_shards(src: TextSource, split: str, max_lines: int | None = CHECK_LINES) -> None:
+    """Read the first ``max_lines`` records of every ``split`` shard (None: all of them): gzip, JSON objects,
+    a string ``text_key``. When every shard was read to its end and no text is non-empty, ``DataError``."""
+    files = local_files(src, split)
+    key = (split, src.text_key, max_lines, tuple((f, os.path.getmtime(f), os.path.getsize(f)) for f in files))
+    if key in _CHECKED:
+        return
+    has_text, read_all = False, True
+    for path in files:
+        complete = False
+        for line_no, line in _shard_lines(path):
+            text = _check_record(line, path, line_no, src.text_key)
+            has_text = has_text or bool(text and text.strip())
+            if max_lines is not None and line_no >= max_lines:
+                break
+        else:
+            complete = True
+        read_all = read_all and complete
+    if read_all and not has_text:
+        raise DataError(f"every {src.text_key!r} in the {split} shards of data.dir={src.dir!r} is empty "
+                        f"({', '.join(os.path.basename(f) for f in files)}); there is nothing to "
+                        f"{'train on' if split == 'train' else 'evaluate'}")
+    _CHECKED.add(key)
+
+
 def check_source(src: TextSource) -> None:
-    """Cheap checks before any work: known source, local files present for both splits."""
+    """Cheap checks before any work: known source, local files present for both splits, and the first
+    records of every local shard readable (``check_local_shards``)."""
     if src.source not in DATA_SOURCES:
         raise ValueError(f"data.source={src.source!r} is unknown; choose one of {list(DATA_SOURCES)}")
     if src.source == "local":
         local_files(src, "train")
         local_files(src, "validation")
+        check_local_shards(src, "train")
+        check_local_shards(src, "validation")
+
+
+def _describe(src: TextSource, split: str) -> str:
+    if src.source == "local":
+        return f"the {split} shards of data.dir={src.dir!r}"
+    return f"the {split} split of data.path={src.path!r}"
+
+
+class CheckedDocuments:
+    """Iterates ``ds`` and checks that every record has a string ``text_key``. A bad record or a read error
+    raises ``DataError``; for local shards the files are then scanned to name the bad file and line."""
+
+    def __init__(self, ds, src: TextSource, split: str):
+        self.ds, self.src, self.split = ds, src, split
+        self.description = _describe(src, split)
+
+    def _fail(self, problem: str):
+        if self.src.source == "local":
+            check_local_shards(self.src, self.split, max_lines=None)  # raises naming file and line
+        raise DataError(f"{self.description}: {problem} (data.text_key={self.src.text_key!r})")
+
+    def __iter__(self):
+        key = self.src.text_key
+        it = iter(self.ds)
+        while True:
+            try:
+                doc = next(it)
+            except StopIteration:
+                return
+            except DataError:
+                raise
+            except Exception as err:  # datasets/pyarrow/gzip errors do not name the file
+                self._fail(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            if not isinstance(doc.get(key), str):
+                self._fail(f"a record has no string {key!r} field; its fields are {sorted(doc)[:10]}")
+            yield doc
 
 
 def open_documents(src: TextSource, split: str, shuffle_seed: int | None, shuffle_buffer: int,
@@ -161,6 +273,17 @@ class TokenStream:
         self.docs_done = int(state.get("docs", 0))     # documents of this epoch fully consumed
         self.buffer: list[int] = list(state.get("buffer", []))  # packing remainder
         self._iter: Iterator[list[int]] | None = None
+        self._epoch_has_text = self.docs_done > 0  # a resumed epoch already had text
+
+    def _text(self, doc) -> str:
+        text = doc.get(self.text_key) if isinstance(doc, dict) else None
+        if not isinstance(text, str):
+            fields = sorted(doc)[:10] if isinstance(doc, dict) else type(doc).__name__
+            raise DataError(f"a document of {getattr(self.documents, 'description', 'the documents')} has no string "
+                            f"{self.text_key!r} field (data.text_key={self.text_key!r}); its fields are {fields}")
+        if text.strip():
+            self._epoch_has_text = True
+        return text
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "docs": self.docs_done, "buffer": list(self.buffer),
@@ -179,7 +302,7 @@ class TokenStream:
             docs = itertools.islice(docs, self.docs_done, None)  # resume: skip consumed documents untokenised
             produced = False
             while True:
-                chunk = [d[self.text_key] for d in itertools.islice(docs, self.tokenize_batch)]
+                chunk = [self._text(d) for d in itertools.islice(docs, self.tokenize_batch)]
                 if not chunk:
                     break
                 for ids in self._encode(chunk):
@@ -193,7 +316,12 @@ class TokenStream:
                         seq, self.buffer = self.buffer[:self.seq_len], self.buffer[self.seq_len:]
                         yield seq
             if not produced and self.docs_done == 0:
-                raise RuntimeError("the training document stream is empty")
+                raise EmptyDocumentsError(
+                    f"{getattr(self.documents, 'description', 'the training documents')} hold no document")
+            if produced and not self._epoch_has_text:
+                raise EmptyDocumentsError(f"every {self.text_key!r} in {getattr(self.documents, 'description', 'the documents')} "
+                                "is empty; there is nothing to train on")
+            self._epoch_has_text = False
             self.epoch += 1
             self.docs_done = 0
 
@@ -229,8 +357,10 @@ def eval_batches(documents: Iterable[dict], tokenizer, seq_len: int, batch_size:
     while counted < max_tokens:
         try:
             ids = torch.tensor(next(seqs), dtype=torch.long)
-        except (StopIteration, RuntimeError):
+        except StopIteration:
             break
+        except EmptyDocumentsError:
+            break  # the end of the (finite) evaluation documents
         labels = labels_from(ids, None if pack else stream.pad_id)
         labels[0] = IGNORE_INDEX  # never predicted (kept so the count matches what the loss sees)
         keep = int((labels != IGNORE_INDEX).sum())
@@ -245,6 +375,9 @@ def eval_batches(documents: Iterable[dict], tokenizer, seq_len: int, batch_size:
             rows = []
     if rows:
         batches.append(_stack(rows))
+    if counted == 0:
+        where = getattr(documents, "description", "the evaluation documents")
+        raise DataError(f"{where} hold no token to evaluate (every {text_key!r} is empty or the data is empty)")
     return batches
 
 
@@ -257,8 +390,12 @@ def epoch_documents(src: TextSource, split: str, shuffle_seed: int | None, shuff
     """``epoch -> documents`` for ``TokenStream`` (the dataset is opened once, reshuffled per epoch)."""
     ds = open_documents(src, split, shuffle_seed, shuffle_buffer, rank, world_size)
 
+    checked = CheckedDocuments(ds, src, split)
+
     def documents(epoch: int):
         ds.set_epoch(epoch)
-        return ds
+        return checked
+
+    documents.description = checked.description
 
     return documents

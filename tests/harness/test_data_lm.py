@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from gwt_lab.data.lm import (IGNORE_INDEX, TextSource, TokenStream, check_source, epoch_documents, eval_batches,
+from gwt_lab.data.lm import (IGNORE_INDEX, DataError, TextSource, TokenStream, check_source, epoch_documents, eval_batches,
                          load_tokenizer)
 
 DATA = os.environ["GWT_DATA_DIR"]
@@ -105,3 +105,67 @@ def test_local_source_errors(tmp_path):
 def test_missing_tokenizer_folder():
     with pytest.raises(FileNotFoundError, match="tokenizer='./no/such/tokenizer'"):
         load_tokenizer("./no/such/tokenizer")
+
+
+# ---------------------------------------------------------------------------------------- unusable shards
+def _shards(folder, train_lines, gz=True, validation_lines=None):
+    """A local C4-format folder: one train shard (``train_lines``: JSON lines as text) and one validation shard."""
+    folder.mkdir(exist_ok=True)
+    good = [json.dumps({"text": f"document number {i} has a few words"}) for i in range(20)]
+    for name, lines in (("c4-train.00000-of-00001.json.gz", train_lines),
+                        ("c4-validation.00000-of-00001.json.gz", validation_lines or good)):
+        data = "".join(line + "\n" for line in lines)
+        if gz and "train" in name:
+            with gzip.open(folder / name, "wt") as f:
+                f.write(data)
+        else:
+            (folder / name).write_bytes(gzip.compress(data.encode()) if "validation" in name else data.encode())
+    return TextSource(source="local", dir=str(folder))
+
+
+GOOD = [json.dumps({"text": f"line {i} of text"}) for i in range(30)]
+BAD_SHARDS = {
+    "not_gzip": (dict(train_lines=GOOD, gz=False), r"c4-train\.00000-of-00001\.json\.gz is not a gzip file"),
+    "malformed_json": (dict(train_lines=GOOD[:7] + ['{"text": "cut'] + GOOD[7:]),
+                       r"c4-train\.00000-of-00001\.json\.gz:8: not a JSON object"),
+    "no_text_field": (dict(train_lines=GOOD[:3] + [json.dumps({"content": "x"})] + GOOD[3:]),
+                      r"json\.gz:4: record has no 'text' field \(data\.text_key='text'\); its fields are \['content'\]"),
+    "text_not_string": (dict(train_lines=GOOD[:2] + [json.dumps({"text": 7})]),
+                        r"json\.gz:3: 'text' has type int, not string"),
+    "only_empty_texts": (dict(train_lines=[json.dumps({"text": ""})] * 5 + [json.dumps({"text": "  "})]),
+                         r"every 'text' in the train shards of data\.dir=.* is empty"),
+    "only_empty_validation": (dict(train_lines=GOOD, validation_lines=[json.dumps({"text": ""})] * 3),
+                              r"every 'text' in the validation shards .* is empty.*nothing to evaluate"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SHARDS))
+def test_unusable_shards_fail_before_any_work_naming_the_file(tmp_path, case):
+    kwargs, message = BAD_SHARDS[case]
+    src = _shards(tmp_path / "data", **kwargs)
+    with pytest.raises(DataError, match=message) as exc:
+        check_source(src)
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ('{"text": "cut', r"json\.gz:151: not a JSON object"),
+    (json.dumps({"body": "x"}), r"json\.gz:151: record has no 'text' field \(data\.text_key='text'\)"),
+], ids=["malformed_json", "no_text_field"])
+def test_bad_record_past_the_checked_head_names_file_and_line(tmp_path, tok, bad, message):
+    lines = [json.dumps({"text": f"line {i} of text"}) for i in range(150)] + [bad] + GOOD
+    src = _shards(tmp_path / "data", train_lines=lines)
+    check_source(src)  # the first CHECK_LINES records are fine
+    stream = TokenStream(epoch_documents(src, "train", 42, 1000), tok, seq_len=16)
+    with pytest.raises(DataError, match=message):
+        for _ in range(200):
+            stream.next_batch(4)
+
+
+def test_empty_documents_give_errors_not_zero_token_runs(tok):
+    with pytest.raises(DataError, match="every 'text' in .* is empty"):
+        TokenStream(_docs(["", " ", ""]), tok, seq_len=8).next_batch(8)
+    with pytest.raises(DataError, match="no token to evaluate"):
+        eval_batches([{"text": ""}, {"text": ""}], tok, seq_len=8, batch_size=2, max_tokens=100)
+    with pytest.raises(DataError, match=r"no string 'text' field \(data\.text_key='text'\); its fields are \['body'\]"):
+        TokenStream(lambda epoch: [{"body": "hello"}], tok, seq_len=8).next_batch(1)

@@ -109,3 +109,16 @@ def test_tokenize_pairs_and_truncation():
     first = enc[0]["input_ids"]
     assert first[0] == tok.bos_token_id and first.count(tok.eos_token_id) >= 3  # <s> a </s></s> b </s>
     assert tokenize_glue(rte.select([1]), tok, 512)[0]["input_ids"] == tok(rte[1]["text_a"], rte[1]["text_b"])["input_ids"]
+
+
+@pytest.mark.parametrize("score", ["nan", "NaN", "inf", "-0.5", "5.01", "high", ""])
+def test_stsb_scores_outside_0_5_are_refused(tmp_path, score):
+    bad = tmp_path / "STS-B.tsv"
+    header = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
+              "score"]
+    good = ["0", "g", "f", "y", "0", "s", "s", "a man", "a person", "3.5"]
+    _write(bad, [header, good, good[:-1] + [score]])
+    with pytest.raises(ValueError, match=rf"STS-B.tsv:3: bad score '{score}' for task 'stsb'; expected a number in \[0, 5\]"):
+        read_glue_tsv(str(bad), GLUE_TASKS["stsb"])
+    _write(bad, [header, good, good[:-1] + ["0"], good[:-1] + ["5.000"]])
+    assert read_glue_tsv(str(bad), GLUE_TASKS["stsb"])["label"] == [3.5, 0.0, 5.0]
