@@ -1,0 +1,254 @@
+"""The Triton kernels of gwt.optim.triton_kernels against a float64 reference written from
+docs/GWT_MATH.md with pywt's own multi-level transform (wavedec/waverec, mode ``zero``).
+
+CPU: Triton's interpreter must be switched on (TRITON_INTERPRET=1) before triton is first
+imported, and other tests import it earlier through torch; so the CPU cases run together in one
+child process started with that variable (``python tests/lib/test_triton.py CASE...``), which
+returns each case's errors as JSON, and no other test sees the variable. CUDA: the same cases run
+compiled in this process (marker ``gpu``).
+"""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pywt
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+LR, WD, BETAS, EPS, ALPHA = 1e-2, 0.1, (0.9, 0.999), 1e-6, 0.25
+
+# name -> (wavelet, level (0: plain Adam), row length, limiter gamma, param dtype, state dtype, tolerance:
+# relative error for fp32 parameters, bf16 spacings for bf16 parameters)
+CASES = {
+    "haar1-div-lim": ("haar", 1, 32, 1.01, "float32", "float32", 2e-5),
+    "haar2-odd": ("haar", 2, 37, None, "float32", "float32", 2e-5),
+    "haar3-div-lim": ("haar", 3, 40, 1.01, "float32", "float32", 2e-5),
+    "haar4-odd-lim": ("haar", 4, 37, 1.01, "float32", "float32", 2e-5),
+    "haar4-div": ("haar", 4, 64, None, "float32", "float32", 2e-5),
+    "db2-1-div-lim": ("db2", 1, 32, 1.01, "float32", "float32", 2e-5),
+    "db2-2-odd": ("db2", 2, 37, None, "float32", "float32", 2e-5),
+    "db2-3-div-lim": ("db2", 3, 40, 1.01, "float32", "float32", 2e-5),
+    "db2-4-odd-lim": ("db2", 4, 37, 1.01, "float32", "float32", 2e-5),
+    "sym4-2-odd-lim": ("sym4", 2, 45, 1.01, "float32", "float32", 2e-5),
+    "haar2-bf16": ("haar", 2, 29, 1.01, "bfloat16", "float32", 1),
+    "db2-2-bf16": ("db2", 2, 29, 1.01, "bfloat16", "float32", 1),
+    "adam-bf16": ("haar", 0, 29, None, "bfloat16", "float32", 1),
+    "adam-fp32": ("haar", 0, 29, None, "float32", "float32", 2e-5),
+    "haar2-bf16-states": ("haar", 2, 24, 1.01, "float32", "bfloat16", 3e-2),
+    "db2-2-bf16-states": ("db2", 2, 24, 1.01, "float32", "bfloat16", 3e-2),
+}
+
+
+def reference_step(w, g, m, v, prev, t, wavelet, level, gamma):
+    """One GWT-AdamW step in float64 (numpy), as docs/GWT_MATH.md states it; returns (w, m, v, prev)."""
+    b1, b2 = BETAS
+    n = w.shape[-1]
+    coeffs = pywt.wavedec(g, wavelet, mode="zero", level=level, axis=-1) if level else [g]
+    a = coeffs[0]
+    m = b1 * m + (1 - b1) * a
+    v = b2 * v + (1 - b2) * a * a
+    denom = np.sqrt(v) + EPS
+    normalized = m / denom
+    if level == 0:
+        update = normalized
+    else:
+        lam = 1.0
+        if gamma is not None:
+            norm = np.linalg.norm(normalized)
+            lam = max(norm / (prev + 1e-8), gamma) / gamma
+            prev = norm / lam
+        # D_l, ..., D_1 divided by denom * lam repeated 1, 2, 4, ... times, cut to their lengths
+        details = [d / np.repeat(denom * lam, 2**i, axis=-1)[..., :d.shape[-1]] for i, d in enumerate(coeffs[1:])]
+        update = ALPHA * pywt.waverec([normalized / lam, *details], wavelet, mode="zero", axis=-1)[..., :n]
+    w = w - LR * math.sqrt(1 - b2**t) / (1 - b1**t) * update
+    return w - LR * WD * w, m, v, prev
+
+
+def measure(device: str, name: str, rows: int = 2, count: int = 2, steps: int = 3) -> dict:
+    """Run case ``name``: ``steps`` steps of ``count`` same-shape (rows, n) matrices, one kernel call
+    per step, next to the fp64 reference fed the same (dtype-rounded) gradients. Returns the worst
+    relative errors over the matrices: parameters (relative to the distance moved; for bf16
+    parameters the largest step-wise distance in bf16 spacings), both moments, the limiter's
+    stored norm; and the dtypes the tensors kept."""
+    from gwt.optim import triton_kernels as tk
+
+    wavelet, level, n, gamma, pdt, sdt, _ = CASES[name]
+    param_dtype, state_dtype = getattr(torch, pdt), getattr(torch, sdt)
+    gen = torch.Generator().manual_seed(sum(map(ord, name)))
+    shape = (rows, n)
+    w0 = [torch.randn(shape, generator=gen, dtype=torch.float64) for _ in range(count)]
+    params = [w.to(device, param_dtype) for w in w0]
+    refs = [w.to(param_dtype).double().numpy() for w in w0]
+    k = n if level == 0 else pywt.wavedec(np.zeros(n), wavelet, mode="zero", level=level)[0].size
+    ms = [torch.zeros(rows, k, dtype=state_dtype, device=device) for _ in range(count)]
+    vs = [torch.zeros_like(m) for m in ms]
+    prevs = [torch.full((), math.inf, device=device) for _ in range(count)] if gamma is not None else None
+    ref_state = [[np.zeros((rows, k)), np.zeros((rows, k)), math.inf] for _ in range(count)]
+    b1, b2 = BETAS
+    ulps = 0.0
+    for t in range(1, steps + 1):
+        grads = [(torch.randn(shape, generator=gen, dtype=torch.float64) * (1 + t)).to(param_dtype)
+                 for _ in range(count)]
+        step_size = torch.tensor(LR * math.sqrt(1 - b2**t) / (1 - b1**t), dtype=torch.float32, device=device)
+        decay = torch.tensor(LR * WD, dtype=torch.float32, device=device)
+        dev_grads = [g.to(device) for g in grads]
+        before = [p.double().cpu().numpy() for p in params]
+        if level == 0:
+            tk.adam_group(params, dev_grads, ms, vs, beta1=b1, beta2=b2, eps=EPS, step_size=step_size, decay=decay)
+        elif wavelet == "haar":
+            tk.haar_group(params, dev_grads, ms, vs, prevs, level=level, beta1=b1, beta2=b2, eps=EPS, alpha=ALPHA,
+                          gamma=gamma, step_size=step_size, decay=decay)
+        else:
+            tk.dwt_group(params, dev_grads, ms, vs, prevs, wavelet=wavelet, level=level, beta1=b1, beta2=b2, eps=EPS,
+                         alpha=ALPHA, gamma=gamma, step_size=step_size, decay=decay)
+        for i, g in enumerate(grads):
+            if param_dtype == torch.float32:  # one fp64 run from the start
+                w, m, v, prev = reference_step(refs[i], g.double().numpy(), *ref_state[i], t, wavelet, level, gamma)
+            else:
+                # bf16 parameters: this step in fp64 from the kernel's own previous parameter, rounded to
+                # bf16; the two may differ by one bf16 spacing where fp32 and fp64 round differently
+                w, m, v, prev = reference_step(before[i], g.double().numpy(), *ref_state[i], t, wavelet, level, gamma)
+                w = torch.from_numpy(w).to(param_dtype).double().numpy()
+                got = params[i].double().cpu().numpy()
+                spacing = np.exp2(np.floor(np.log2(np.maximum(np.abs(w), np.abs(before[i])) + 1e-30)) - 7)
+                ulps = max(ulps, float((np.abs(got - w) / spacing).max()))
+            refs[i], ref_state[i] = w, [m, v, prev]
+
+    def rel(got, want):
+        return float(np.abs(got.detach().double().cpu().numpy() - want).max() / np.abs(want).max())
+
+    out = {"param": 0.0, "param_ulps": ulps, "exp_avg": 0.0, "exp_avg_sq": 0.0, "prev_norm": 0.0,
+           "dtypes": sorted({str(t.dtype) for t in params} | {str(t.dtype) for t in ms + vs})}
+    for i in range(count):
+        out["param"] = max(out["param"], float(np.linalg.norm(params[i].double().cpu().numpy() - refs[i])
+                                               / np.linalg.norm(refs[i] - w0[i].numpy())))
+        out["exp_avg"] = max(out["exp_avg"], rel(ms[i], ref_state[i][0]))
+        out["exp_avg_sq"] = max(out["exp_avg_sq"], rel(vs[i], ref_state[i][1]))
+        if prevs is not None:
+            out["prev_norm"] = max(out["prev_norm"], abs(prevs[i].item() - ref_state[i][2]) / ref_state[i][2])
+    return out
+
+
+def check(name: str, result: dict) -> None:
+    assert "error" not in result, result.get("error")
+    *_, pdt, sdt, tol = CASES[name]
+    assert result["dtypes"] == sorted({f"torch.{pdt}", f"torch.{sdt}"}), result["dtypes"]
+    if pdt == "float32":
+        assert result["param"] < tol, result
+    else:
+        assert result["param_ulps"] <= tol, result
+    assert result["exp_avg"] < max(tol, 1e-5) and result["exp_avg_sq"] < max(tol, 1e-5), result
+    assert result["prev_norm"] < max(tol, 1e-5), result
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    """All CPU cases in one child process with TRITON_INTERPRET=1: case name -> result."""
+    pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]' installs it)")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, __file__, *CASES], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_interpreter_matches_fp64_reference(interpreted, name):
+    """Haar and db2 (sym4 once), levels 1-4, divisible and odd rows, limiter on and off, several
+    same-shape matrices per call, three steps with weight decay, bf16 parameters, bf16 states,
+    plain Adam: parameters, moments and the limiter's norm follow the fp64 reference."""
+    check(name, interpreted[name])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(CASES))
+def test_cuda_matches_fp64_reference(name, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    check(name, measure("cuda", name, rows=5, count=3))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_step_is_graph_capturable(monkeypatch):
+    """After a warm-up call (address tables and scratch cached), a Haar and a db2 step capture in a
+    CUDA graph and replay to the same result as eager calls."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    from gwt.optim import triton_kernels as tk
+
+    def make():
+        gen = torch.Generator().manual_seed(0)
+        ps = [torch.randn(8, 100, generator=gen).cuda() for _ in range(2)]
+        gs = [torch.randn(8, 100, generator=gen).cuda() for _ in range(2)]
+        return ps, gs
+
+    for fn, extra, k in ((tk.haar_group, {}, 25), (tk.dwt_group, {"wavelet": "db2"}, 27)):
+        results = []
+        for graph in (False, True):
+            ps, gs = make()
+            ms = [torch.zeros(8, k, device="cuda") for _ in ps]
+            vs = [torch.zeros(8, k, device="cuda") for _ in ps]
+            prevs = [torch.full((), math.inf, device="cuda") for _ in ps]
+            kw = dict(level=2, beta1=0.9, beta2=0.999, eps=1e-6, alpha=0.25, gamma=1.01,
+                      step_size=torch.tensor(1e-2, device="cuda"), decay=torch.tensor(1e-3, device="cuda"), **extra)
+            fn(ps, gs, ms, vs, prevs, **kw)  # warm-up: compiles, caches tables
+            if graph:
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g):
+                    fn(ps, gs, ms, vs, prevs, **kw)
+                for _ in range(3):
+                    g.replay()
+            else:
+                for _ in range(3):
+                    fn(ps, gs, ms, vs, prevs, **kw)
+            torch.cuda.synchronize()
+            results.append(torch.cat([p.flatten() for p in ps]).cpu())
+        torch.testing.assert_close(results[1], results[0])
+
+
+def test_bad_input_names_the_argument():
+    """Wrong shapes, dtypes and host scalars are refused with one line naming them, before any
+    kernel is built or tensor changes (triton is not needed for that)."""
+    from gwt.optim import triton_kernels as tk
+
+    p = [torch.zeros(2, 8), torch.zeros(2, 9)]
+    g = [torch.ones(2, 8), torch.ones(2, 9)]
+    m = [torch.zeros(2, 2), torch.zeros(2, 3)]
+    kw = dict(level=2, beta1=0.9, beta2=0.999, eps=1e-6, alpha=0.25, gamma=None,
+              step_size=torch.tensor(1.0), decay=torch.tensor(0.0))
+    with pytest.raises(ValueError, match=r"params\[1\] has shape \(2, 9\)"):
+        tk.haar_group(p, g, m, [x.clone() for x in m], None, **kw)
+    with pytest.raises(ValueError, match=r"exp_avgs\[0\] has shape \(2, 3\)"):
+        tk.haar_group([torch.zeros(2, 8)], [torch.ones(2, 8)], [torch.zeros(2, 3)], [torch.zeros(2, 3)], None, **kw)
+    with pytest.raises(ValueError, match="prev_norms and gamma"):
+        tk.haar_group(p[:1], g[:1], m[:1], m[:1], None, **{**kw, "gamma": 1.01})
+    with pytest.raises(ValueError, match=r"params\[0\] has dtype torch.float64"):
+        tk.adam_group([torch.zeros(3, dtype=torch.float64)], [torch.zeros(3, dtype=torch.float64)], [torch.zeros(3)],
+                      [torch.zeros(3)], beta1=0.9, beta2=0.999, eps=1e-6, step_size=torch.tensor(1.0),
+                      decay=torch.tensor(0.0))
+    with pytest.raises(ValueError, match="step_size=0.5"):
+        tk.adam_group([torch.zeros(3)], [torch.zeros(3)], [torch.zeros(3)], [torch.zeros(3)], beta1=0.9, beta2=0.999,
+                      eps=1e-6, step_size=0.5, decay=torch.tensor(0.0))
+    with pytest.raises(ValueError, match="level=0"):
+        tk.dwt_group(p[:1], g[:1], m[:1], m[:1], None, wavelet="db2", **{**kw, "level": 0})
+    assert torch.equal(p[0], torch.zeros(2, 8)) and torch.equal(m[0], torch.zeros(2, 2))
+
+
+if __name__ == "__main__":
+    # Child process of the `interpreted` fixture: TRITON_INTERPRET=1 is already in the environment,
+    # so triton is imported in interpreter mode. One JSON line: case -> result (or its error).
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Level value of")
+    results = {}
+    for case in sys.argv[1:]:
+        try:
+            results[case] = measure("cpu", case)
+        except Exception as err:  # reported per case by the parent test
+            results[case] = {"error": f"{type(err).__name__}: {err}"}
+    print(json.dumps(results))
