@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Callable
 
 from tqdm.auto import tqdm
 
+from gwt_lab.jsonl import read_jsonl
 from gwt_lab.train.faults import ENV as FAULT_ENV, fault_point
 
 
@@ -31,26 +31,8 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     """All records of a ``metrics.jsonl`` file (empty list if it does not exist).
 
     An incomplete last line (a run killed while writing it) is dropped with a warning; any other
-    line that is not a JSON object raises ``ValueError`` naming the file and line number."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
-    numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
-    records = []
-    for k, (line_no, line) in enumerate(numbered):
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
-                raise ValueError("not a JSON object with an integer 'step'")
-        except ValueError as err:  # json.JSONDecodeError is a ValueError
-            if k == len(numbered) - 1:
-                warnings.warn(f"{path}: ignoring incomplete last line {line_no} ({line[:60]!r}), written by a run "
-                              "that was killed while logging")
-                break
-            raise ValueError(f"{path}:{line_no}: not a metrics record ({err}); fix or remove that line") from None
-        records.append(record)
-    return records
+    damaged line raises ``ValueError`` naming the file and line number (``gwt_lab.jsonl.read_jsonl``)."""
+    return read_jsonl(path, warn_torn=True)
 
 
 def truncate_metrics(path: str | os.PathLike, after_step: int) -> None:

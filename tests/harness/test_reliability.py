@@ -232,7 +232,7 @@ def test_incomplete_last_metrics_line_is_dropped(tmp_path):
 def test_damaged_metrics_line_in_the_middle_names_the_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n{"step": 2, oops\n{"step": 3}\n')
-    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a metrics record"):
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a JSON line"):
         read_metrics(path)
 
 
