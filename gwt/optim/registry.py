@@ -60,20 +60,20 @@ def _adamw(model, lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8, fused=None
 
 @register("gwt")
 def _gwt(model, lr, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-6, target_modules="llama", wavelet="haar",
-         level=2, alpha=0.25, boundary="zero", limiter=1.01, closed_form=True, state_dtype=None, compile=None):
-    """GWT-AdamW (released semantics)."""
+         level=2, alpha=0.25, boundary="zero", limiter=1.01, state_dtype=None, backend="auto"):
+    """GWT-AdamW (released semantics); ``backend`` picks the code that runs the step (see GWTAdamW)."""
     from gwt.optim.adamw import GWTAdamW
 
     groups = split_params(model, target_modules, wavelet=wavelet, level=level, alpha=alpha, boundary=boundary,
-                          limiter=limiter, closed_form=closed_form)
+                          limiter=limiter)
     return GWTAdamW(groups, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                    state_dtype=state_dtype, compile=compile)
+                    state_dtype=state_dtype, backend=backend)
 
 
 @register("gwt_adafactor")
 def _gwt_adafactor(model, lr, weight_decay=0.0, target_modules="llama", wavelet="haar", level=2, alpha=0.25,
                    boundary="zero", limiter=None, beta1=None, decay_rate=-0.8, eps1=1e-30, clip_threshold=1.0,
-                   detail_scaling="second_moment", state_dtype=None):
+                   detail_scaling="second_moment", state_dtype=None, backend="auto"):
     """GWT-Adafactor (factored second moment on the approximation; see gwt.optim.adafactor)."""
     from gwt.optim.adafactor import GWTAdafactor
 
@@ -81,7 +81,7 @@ def _gwt_adafactor(model, lr, weight_decay=0.0, target_modules="llama", wavelet=
                           limiter=limiter)
     return GWTAdafactor(groups, lr=lr, beta1=beta1, decay_rate=decay_rate, eps1=eps1,
                         clip_threshold=clip_threshold, weight_decay=weight_decay, detail_scaling=detail_scaling,
-                        state_dtype=state_dtype)
+                        state_dtype=state_dtype, backend=backend)
 
 
 @register("adafactor")
