@@ -1,14 +1,17 @@
 # Set-up, tests and the main demo job. `make help` lists the targets.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# torch first and pinned: on Linux an unpinned torch from the package index is the multi-GB CUDA build.
+TORCH ?= torch==2.13.0
 export GWT_DATA_DIR ?= $(abspath ../shared/data)
 export GWT_TOKENIZER_DIR ?= $(abspath ../shared/tokenizers)
 
-.PHONY: help setup test test-fast demo bench tables slurm-test
+.PHONY: help setup test test-fast wheel-check demo bench tables slurm-test
 
 help:
 	@echo "make setup   - virtual environment in $(VENV) with CPU torch 2.13.0 and the project (editable, all extras)"
 	@echo "make test    - the whole test suite (CPU), as CI runs it"
+	@echo "make wheel-check - build the gwt-optim wheel, install it with core dependencies only in a fresh venv, smoke-test it"
 	@echo "make demo    - short GWT pre-training on local C4 data, prints validation perplexity"
 	@echo "make bench   - optimizer step-time benchmark (scripts/bench_optimizer.py)"
 	@echo "make tables  - results/tables.md and results/figures/ from results/**/result.json"
@@ -19,7 +22,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
@@ -28,6 +31,9 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+wheel-check:
+	TORCH="$(TORCH)" scripts/check_wheel.sh
 
 demo: setup
 	$(PY) train_llama.py experiment=demo
