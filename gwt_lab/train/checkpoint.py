@@ -6,7 +6,7 @@ Layout under ``root`` (usually ``<output_dir>/checkpoints``)::
         meta.json             {"step": 100, "world_size": 2, "files": {"model.pt": <bytes>, ...}, ...}
         model.pt, optimizer.pt, scheduler.pt, ...   one file per key of ``shared`` (written by rank 0)
         rank0.pt, rank1.pt    per-rank state (RNG, data position) from each process
-    step_00000200.tmp/        being written; ignored, and removed at start and by the next save
+    step_00000200.tmp/        being written; ignored, removed by ``remove_stale_tmp`` and the next save
 
 Writing: every process writes into ``step_XXXXXXXX.tmp`` and fsyncs its files; after a barrier,
 rank 0 records every file's size in ``meta.json``, fsyncs the folder and renames it to its final
@@ -179,8 +179,7 @@ class CheckpointManager:
     """Save and load checkpoints under ``root``.
 
     Args:
-        root: checkpoint folder (created on first save). Rank 0 removes ``*.tmp`` folders left by a
-            killed save when the manager is created (the caller holds the run folder's lock).
+        root: checkpoint folder (created on first save).
         keep_last: how many finished checkpoints to keep (>= 1).
         rank, world_size: this process and the number of processes.
         barrier: callable that blocks until every process reaches it (no-op for one process).
@@ -195,11 +194,11 @@ class CheckpointManager:
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.barrier = barrier or _noop
-        if self.rank == 0:
-            self.remove_stale_tmp()
 
     def remove_stale_tmp(self) -> list[Path]:
-        """Delete ``*.tmp`` folders of interrupted saves; returns what was removed."""
+        """Delete ``*.tmp`` folders of interrupted saves; returns what was removed. Call it on the main
+        process once it holds the run folder's lock (``lock_run_dir``): a ``.tmp`` folder may belong to
+        a live run until then. Every save also removes them first."""
         stale = sorted(self.root.glob("*.tmp")) if self.root.is_dir() else []
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)

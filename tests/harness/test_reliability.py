@@ -183,11 +183,15 @@ def test_full_disk_is_reported_and_leaves_no_partial_folder(tmp_path, monkeypatc
 
 
 def test_stale_tmp_folders_are_removed_at_start(tmp_path):
-    (tmp_path / "ckpt" / "step_00000007.tmp").mkdir(parents=True)
-    (tmp_path / "ckpt" / "step_00000007.tmp" / "model.pt").write_bytes(b"x" * 100)
-    CheckpointManager(tmp_path / "ckpt")
-    assert not (tmp_path / "ckpt" / "step_00000007.tmp").exists()
-    CheckpointManager(tmp_path / "ckpt2", rank=1, world_size=2)  # other ranks leave the folder alone
+    stale = tmp_path / "ckpt" / "step_00000007.tmp"
+    stale.mkdir(parents=True)
+    (stale / "model.pt").write_bytes(b"x" * 100)
+    manager = CheckpointManager(tmp_path / "ckpt")
+    assert stale.exists()  # creating a manager touches nothing: the folder may belong to a live run
+    assert manager.remove_stale_tmp() == [stale] and not stale.exists()
+    stale.mkdir()
+    manager.save(8, {"model": {"w": torch.ones(1)}}, {"data": {}})  # every save clears them too
+    assert not stale.exists() and manager.latest().name == "step_00000008"
 
 
 def test_checkpoint_files_and_folder_are_fsynced_before_the_rename(tmp_path, monkeypatch):
