@@ -111,3 +111,14 @@ def test_library_sources_import_only_their_dependencies():
             elif at_module_level and module not in stdlib | LIBRARY_DEPS | {"__future__"}:
                 problems.append(f"{where} imports {module} at module level")
     assert problems == []
+
+
+def test_harness_sources_import_no_entrypoint_or_script():
+    """The harness (floor 2) never reaches up to the programs built on it."""
+    programs = {path.stem for path in ROOT.glob("*.py")} | {"scripts", "tests"}
+    assert {"train_llama", "finetune_glue"} <= programs
+    sources = sorted((ROOT / "gwt_lab").rglob("*.py"))
+    assert ROOT / "gwt_lab" / "__init__.py" in sources
+    problems = [f"{path.relative_to(ROOT)} imports {module}" for path in sources
+                for module, _ in _imports(path) if module in programs]
+    assert problems == []
