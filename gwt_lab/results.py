@@ -13,6 +13,7 @@ import csv
 import json
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -336,6 +337,69 @@ def paper_value(rows: list[dict], key_column: str, key: str, column: str) -> flo
             text = (row.get(column) or "").strip()
             return float(text) if text else None
     return None
+
+
+# ----------------------------------------------------------------------------- like with like
+# Config keys that never make two runs different experiments: the seed (what a mean ± std is taken
+# over), where a run writes and logs, machine-local paths, bookkeeping of the sweep that produced it,
+# and optimizer keys that pick an implementation of the same update (kernels, fused loops).
+SEED_KEY = "seed"
+IGNORED_CONFIG_KEYS = ("output_dir", "run_name", "resume", "logger", "wandb", "data.dir", "study.lr_point",
+                       "study.lr_grid", "optimizer.backend", "optimizer.closed_form", "optimizer.compile",
+                       "optimizer.fused", "optimizer.foreach")
+
+
+def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{'trainer.max_steps': 500, ...}: nested dicts as dotted keys (lists stay values)."""
+    if not isinstance(config, dict):
+        return {prefix.rstrip("."): config} if prefix else {}
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _ignored(key: str, ignore: Iterable[str]) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in ignore)
+
+
+def protocol(config: dict, ignore: Iterable[str] = ()) -> str:
+    """A canonical string of everything in ``config`` that makes an experiment: the config without
+    the seed, :data:`IGNORED_CONFIG_KEYS` and ``ignore``. Runs with equal protocols differ in the seed alone."""
+    skip = (SEED_KEY, *IGNORED_CONFIG_KEYS, *ignore)
+    flat = {k: v for k, v in flatten_config(config).items() if not _ignored(k, skip)}
+    return json.dumps(flat, sort_keys=True, default=str)
+
+
+def config_differences(a: dict, b: dict, ignore: Iterable[str] = ()) -> list[str]:
+    """'key=value_in_a (vs value_in_b)' for every protocol key where configs ``a`` and ``b`` differ."""
+    skip = (SEED_KEY, *IGNORED_CONFIG_KEYS, *ignore)
+    fa, fb = flatten_config(a), flatten_config(b)
+    out = []
+    for key in sorted(set(fa) | set(fb)):
+        if _ignored(key, skip) or fa.get(key) == fb.get(key):
+            continue
+        out.append(f"{key}={json.dumps(fa.get(key), default=str)} (vs {json.dumps(fb.get(key), default=str)})")
+    return out
+
+
+def group_like(runs: Iterable[Run], ignore: Iterable[str] = ()) -> list[list[Run]]:
+    """``runs`` split into groups whose configs differ in the seed alone (and ``ignore``), the
+    preferred group first: the most seeds of one exact setting, then the longest training (steps,
+    tokens), then the most runs, then path."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(protocol(run.config, ignore), []).append(run)
+
+    def rank(group: list[Run]):
+        seeds = max(Counter(protocol(r.config) for r in group).values())
+        steps = max((r.steps or 0) for r in group)
+        tokens = max((r.tokens or 0) for r in group)
+        return (-seeds, -steps, -tokens, -len(group), min(r.path.as_posix() for r in group))
+    return sorted(groups.values(), key=rank)
 
 
 # ----------------------------------------------------------------------------- cells and tables
