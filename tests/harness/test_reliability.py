@@ -294,3 +294,90 @@ def test_run_suffix_differs_between_runs_and_is_shared_by_ranks(monkeypatch):
     cfg = OmegaConf.create({"output_dir": "outputs/x/${run_suffix:}"})
     assert cfg.output_dir == "outputs/x/job4242_3"
     monkeypatch.setattr(od, "_SUFFIX", None)
+
+
+# ------------------------------------------------------------------------------------------ through the entrypoint
+def _pretrain(out, *overrides):
+    import train_llama
+    from tests.helpers import compose_cfg, reset_accelerate
+
+    reset_accelerate()
+    try:
+        return train_llama.train(compose_cfg([f"output_dir={out}", *overrides]))
+    finally:
+        reset_accelerate()
+
+
+def _resize_in_meta(folder, name):
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["files"][name] = (folder / name).stat().st_size
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def test_resume_from_a_tampered_checkpoint_runs_no_code(tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    _pretrain(out)
+    (out / "result.json").unlink()
+    shutil.rmtree(out / "checkpoints" / "step_00000004")
+    previous = out / "checkpoints" / "step_00000002"
+    marker = tmp_path / "pwned"
+    state = torch.load(previous / "scheduler.pt", weights_only=True)
+    state["payload"] = RunsShell(f"touch {marker}")
+    torch.save(state, previous / "scheduler.pt")
+    _resize_in_meta(previous, "scheduler.pt")
+    with pytest.raises((SystemExit, UnsafeCheckpointError)) as exc:
+        _pretrain(out, "resume=true")
+    message = capsys.readouterr().err if isinstance(exc.value, SystemExit) else str(exc.value)
+    assert not marker.exists()
+    assert "step_00000002/scheduler.pt" in message and "not plain" in message
+    assert not (out / "result.json").exists()
+
+
+def test_resume_skips_a_truncated_newest_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    first = _pretrain(out)
+    (out / "result.json").unlink()
+    _truncate(out / "checkpoints" / "step_00000004" / "optimizer.pt")  # e.g. a node lost before the data hit disk
+    (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text() + '{"step": 5, "lo')  # and a torn line
+    with pytest.warns(UserWarning) as seen:
+        again = _pretrain(out, "resume=true")
+    messages = [str(w.message) for w in seen]
+    assert any("step_00000004/optimizer.pt has" in m and "truncated" in m for m in messages), messages
+    assert any("incomplete last line" in m for m in messages), messages
+    assert again["eval_loss"] == first["eval_loss"] and again["tokens_seen"] == first["tokens_seen"]
+    assert [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_full_disk_during_a_run_is_one_clear_message(tmp_path, monkeypatch, capsys):
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    out = tmp_path / "run"
+    with pytest.raises((SystemExit, CheckpointWriteError)) as exc:
+        _pretrain(out)
+    message = capsys.readouterr().err if isinstance(exc.value, SystemExit) else str(exc.value)
+    assert f"no space left on {out / 'checkpoints'}" in message
+    assert not list((out / "checkpoints").glob("*")) and not (out / "result.json").exists()
+
+
+@pytest.mark.parametrize("case", ["empty_texts", "not_gzip"])
+def test_unusable_data_stops_the_entrypoint_before_writing(tmp_path, capsys, case):
+    import gzip
+
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = "".join(json.dumps({"text": "" if case == "empty_texts" else "some words"}) + "\n" for _ in range(8))
+    for split in ("train", "validation"):
+        path = data / f"c4-{split}.00000-of-00001.json.gz"
+        path.write_bytes(lines.encode() if case == "not_gzip" else gzip.compress(lines.encode()))
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        _pretrain(out, f"data.dir={data}")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "c4-train.00000-of-00001.json.gz" in err or f"train shards of data.dir='{data}'" in err, err
+    assert ("is empty" if case == "empty_texts" else "is not a gzip file") in err
+    assert not out.exists()
