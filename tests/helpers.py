@@ -1,7 +1,9 @@
 """Helpers shared by the test floors: a tiny LM loss for the library tests, the real
-``train_llama`` config composed with tiny CPU overrides for the harness tests."""
+``train_llama`` config composed with tiny CPU overrides and the ``finetune_glue`` config for the
+harness tests."""
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,11 +24,28 @@ def compose_cfg(overrides=(), base=TINY):
         return compose("train_llama", overrides=list(base) + list(overrides))
 
 
+def compose_glue_cfg(*overrides):
+    """The ``finetune_glue`` primary config composed with ``overrides``."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("finetune_glue", overrides=list(overrides))
+
+
 def reset_accelerate():
     """Accelerate keeps process-wide state; tests that build several runs in one process reset it."""
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def fresh_accelerate():
+    """Accelerate state reset before and after a test (import it into a test module and mark the module
+    ``pytestmark = pytest.mark.usefixtures("fresh_accelerate")``)."""
+    reset_accelerate()
+    yield
+    reset_accelerate()
 
 
 def lm_loss(model, seed: int = 0, batch: int = 2, length: int = 12):
