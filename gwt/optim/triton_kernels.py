@@ -329,13 +329,22 @@ def _remember(cache: dict, key, make):
     return value
 
 
-def _table(tensors, device: torch.device) -> torch.Tensor:
-    """int64 device tensor of the data addresses (cached: the same tensors step after step)."""
-    key = (device, tuple(t.data_ptr() for t in tensors))
-    return _remember(_tables, key, lambda: torch.tensor(key[1], dtype=torch.int64).to(device))
+def _check(name: str, params, grads, exp_avgs, exp_avg_sqs, prev_norms, state_shape, same_shape: bool) -> tuple:
+    """Validate the lists once per set of tensors; returns their address tables (cached, as is the
+    verdict: a later call with the same tensors skips the checks)."""
+    lists = (params, grads, exp_avgs, exp_avg_sqs) + ((prev_norms,) if prev_norms is not None else ())
+    device = params[0].device if params else None
+    key = (name, device, tuple(tuple(t.data_ptr() for t in ts) for ts in lists),
+           tuple(params[0].shape) if params else (), tuple(exp_avgs[0].shape) if exp_avgs else ())
+    tables = _tables.get(key)
+    if tables is None:
+        _validate(name, params, grads, exp_avgs, exp_avg_sqs, prev_norms, state_shape, same_shape)
+        tables = _remember(_tables, key, lambda: tuple(
+            torch.tensor(addresses, dtype=torch.int64).to(device) for addresses in key[2]))
+    return tables
 
 
-def _check(name: str, params, grads, exp_avgs, exp_avg_sqs, prev_norms, state_shape, same_shape: bool) -> None:
+def _validate(name: str, params, grads, exp_avgs, exp_avg_sqs, prev_norms, state_shape, same_shape: bool) -> None:
     count = len(params)
     lists = {"grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
     if prev_norms is not None:
@@ -374,6 +383,12 @@ def _check(name: str, params, grads, exp_avgs, exp_avg_sqs, prev_norms, state_sh
                                  f"{t.device}; valid: 0-d float32 tensors on {device}")
 
 
+def _require_matrix(name: str, params) -> None:
+    if not params or params[0].dim() != 2:
+        shape = tuple(params[0].shape) if params else None
+        raise ValueError(f"{name}: params[0] has shape {shape}; valid: a non-empty list of 2-D matrices")
+
+
 def _scalar(name: str, value, device: torch.device) -> torch.Tensor:
     if not isinstance(value, torch.Tensor) or value.numel() != 1 or value.device != device:
         raise ValueError(f"{name}={value!r} must be a one-element tensor on {device} (a 0-d fp32 tensor: the "
@@ -403,16 +418,17 @@ def haar_group(params, grads, exp_avgs, exp_avg_sqs, prev_norms, *, level: int, 
         raise ValueError(f"haar_group: level={level!r}; valid: an int >= 1")
     if (prev_norms is None) != (gamma is None):
         raise ValueError("haar_group: prev_norms and gamma must both be given (limiter on) or both None (off)")
+    _require_matrix("haar_group", params)
     rows, n = params[0].shape
     block, block_k = _haar_tile(level)
     k = -(-n // block)
-    _check("haar_group", params, grads, exp_avgs, exp_avg_sqs, prev_norms, lambda p: (rows, k), True)
+    p_tab, g_tab, m_tab, v_tab, *prev = _check("haar_group", params, grads, exp_avgs, exp_avg_sqs, prev_norms,
+                                               lambda p: (rows, k), True)
     device = params[0].device
     step_size, decay = _scalar("step_size", step_size, device), _scalar("decay", decay, device)
     kern = _kernels()
     count, limit = len(params), prev_norms is not None
-    p_tab, g_tab, m_tab, v_tab = (_table(ts, device) for ts in (params, grads, exp_avgs, exp_avg_sqs))
-    prev_tab = _table(prev_norms, device) if limit else p_tab  # unused without the limiter
+    prev_tab = prev[0] if limit else p_tab  # unused without the limiter
     sums = _sums(count, device)
     grid = (-(-k // block_k), rows, count)
     dts = dict(G_DT=_tl_dtype(grads[0].dtype), S_DT=_tl_dtype(exp_avgs[0].dtype), B=block, BLOCK_K=block_k,
@@ -428,11 +444,10 @@ def adam_group(params, grads, exp_avgs, exp_avg_sqs, *, beta1: float, beta2: flo
                step_size: torch.Tensor, decay: torch.Tensor) -> None:
     """Plain Adam(W) with the released eps convention (``sqrt(V) + eps``, bias correction in
     ``step_size``), tensors of any shapes, one launch."""
-    _check("adam_group", params, grads, exp_avgs, exp_avg_sqs, None, lambda p: p.shape, False)
+    tabs = _check("adam_group", params, grads, exp_avgs, exp_avg_sqs, None, lambda p: p.shape, False)
     device = params[0].device
     step_size, decay = _scalar("step_size", step_size, device), _scalar("decay", decay, device)
     kern = _kernels()
-    tabs = [_table(ts, device) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
     sizes = tuple(p.numel() for p in params)
     numels = _remember(_tables, (device, "numels", sizes),
                        lambda: torch.tensor(sizes, dtype=torch.int64).to(device))
@@ -449,9 +464,13 @@ class _Plan:
     def __init__(self, n: int, wavelet: str, level: int, device: torch.device):
         import pywt
 
-        from gwt.wavelets import approx_lengths
+        from gwt.wavelets import approx_lengths, check_depth, check_wavelet
 
+        check_wavelet(wavelet)
         w = pywt.Wavelet(wavelet)
+        if w.dec_len % 2:
+            raise ValueError(f"dwt_group: wavelet={wavelet!r} has an odd filter length; valid: even-length filters")
+        check_depth((1, n), wavelet, level, "zero", f"with rows of length {n}")
         self.flen = w.dec_len
         lens = [n, *approx_lengths(n, wavelet, level, "zero")]
         offsets = [0, 0]
@@ -475,22 +494,16 @@ def dwt_group(params, grads, exp_avgs, exp_avg_sqs, prev_norms, *, wavelet: str,
               decay: torch.Tensor) -> None:
     """GWT with any pywt wavelet of even filter length, boundary ``zero``, for same-shape matrices:
     two launches (each program transforms whole rows, all levels, in its scratch row)."""
-    import pywt
-
-    from gwt.wavelets import check_depth, check_wavelet
-
-    check_wavelet(wavelet)
     if isinstance(level, bool) or not isinstance(level, int) or level < 1:
         raise ValueError(f"dwt_group: level={level!r}; valid: an int >= 1")
-    if pywt.Wavelet(wavelet).dec_len % 2:
-        raise ValueError(f"dwt_group: wavelet={wavelet!r} has an odd filter length; valid: even-length filters")
     if (prev_norms is None) != (gamma is None):
         raise ValueError("dwt_group: prev_norms and gamma must both be given (limiter on) or both None (off)")
+    _require_matrix("dwt_group", params)
     rows, n = params[0].shape
-    check_depth((rows, n), wavelet, level, "zero", "params[0]")
     device = params[0].device
     plan = _remember(_scratch, ("plan", n, wavelet, level, device), lambda: _Plan(n, wavelet, level, device))
-    _check("dwt_group", params, grads, exp_avgs, exp_avg_sqs, prev_norms, lambda p: (rows, plan.k), True)
+    p_tab, g_tab, m_tab, v_tab, *prev = _check("dwt_group", params, grads, exp_avgs, exp_avg_sqs, prev_norms,
+                                               lambda p: (rows, plan.k), True)
     step_size, decay = _scalar("step_size", step_size, device), _scalar("decay", decay, device)
     kern = _kernels()
     count, limit = len(params), prev_norms is not None
@@ -498,8 +511,7 @@ def dwt_group(params, grads, exp_avgs, exp_avg_sqs, prev_norms, *, wavelet: str,
     programs = _programs(total, device)
     scratch = _remember(_scratch, ("rows", programs, plan.stride, device),
                         lambda: torch.empty(programs * plan.stride, dtype=torch.float32, device=device))
-    p_tab, g_tab, m_tab, v_tab = (_table(ts, device) for ts in (params, grads, exp_avgs, exp_avg_sqs))
-    prev_tab = _table(prev_norms, device) if limit else p_tab
+    prev_tab = prev[0] if limit else p_tab
     sums = _sums(count, device)
     common = dict(G_DT=_tl_dtype(grads[0].dtype), S_DT=_tl_dtype(exp_avgs[0].dtype), F=plan.flen, LEVEL=level,
                   BLOCK=DWT_TILE, LIMIT=limit)

@@ -134,6 +134,42 @@ def measure(device: str, name: str, rows: int = 2, count: int = 2, steps: int = 
     return out
 
 
+OPTIMIZER_CASE = "GWTAdamW-backend-triton"
+
+
+def optimizer_case(device: str, steps: int = 3) -> dict:
+    """GWTAdamW(backend="triton") on a Haar group (two shapes), a db2 group and a level-0 group
+    next to GWTAdamW(backend="torch") on fp64 copies: the largest parameter error relative to the
+    distance moved, and how often each kernel entry point ran."""
+    from gwt import GWTAdamW
+    from gwt.optim import triton_kernels as tk
+
+    calls = {"haar_group": 0, "dwt_group": 0, "adam_group": 0}
+    for name in calls:
+        def counted(*args, _fn=getattr(tk, name), _name=name, **kwargs):
+            calls[_name] += 1
+            return _fn(*args, **kwargs)
+
+        setattr(tk, name, counted)
+    gen = torch.Generator().manual_seed(7)
+    shapes = [[(6, 40), (6, 40), (6, 37)], [(4, 30)], [(10,)]]
+    w0 = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in group] for group in shapes]
+    keys = [dict(level=2), dict(wavelet="db2", level=2), dict(level=0)]
+    runs = {}
+    for backend, dtype, dev in (("triton", torch.float32, device), ("torch", torch.float64, "cpu")):
+        params = [[torch.nn.Parameter(w.to(dev, dtype, copy=True)) for w in group] for group in w0]
+        opt = GWTAdamW([dict(params=ps, **k) for ps, k in zip(params, keys)], lr=LR, weight_decay=WD, backend=backend)
+        step_gen = torch.Generator().manual_seed(8)
+        for _ in range(steps):
+            for p in (p for group in params for p in group):
+                p.grad = torch.randn(p.shape, generator=step_gen, dtype=torch.float64).to(dev, dtype)
+            opt.step()
+        runs[backend] = [p.detach().double().cpu() for group in params for p in group]
+    start = [w for group in w0 for w in group]
+    err = max(float((a - b).norm() / (b - w).norm()) for a, b, w in zip(runs["triton"], runs["torch"], start))
+    return {"param": err, "calls": calls}
+
+
 def check(name: str, result: dict) -> None:
     assert "error" not in result, result.get("error")
     *_, pdt, sdt, tol = CASES[name]
@@ -151,7 +187,7 @@ def interpreted():
     """All CPU cases in one child process with TRITON_INTERPRET=1: case name -> result."""
     pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]' installs it)")
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, __file__, *CASES], cwd=ROOT, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, __file__, *CASES, OPTIMIZER_CASE], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -163,6 +199,26 @@ def test_interpreter_matches_fp64_reference(interpreted, name):
     same-shape matrices per call, three steps with weight decay, bf16 parameters, bf16 states,
     plain Adam: parameters, moments and the limiter's norm follow the fp64 reference."""
     check(name, interpreted[name])
+
+
+def check_optimizer(result: dict, steps: int = 3) -> None:
+    assert "error" not in result, result.get("error")
+    # one call per step for each same-shape Haar group (two shapes), the db2 group, the level-0 group
+    assert result["calls"] == {"haar_group": 2 * steps, "dwt_group": steps, "adam_group": steps}, result
+    assert result["param"] < 2e-5, result
+
+
+def test_interpreter_gwtadamw_backend_triton(interpreted):
+    """GWTAdamW(backend="triton") routes every kind of group to the kernels and matches the fp64
+    torch backend."""
+    check_optimizer(interpreted[OPTIMIZER_CASE])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_gwtadamw_backend_triton(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    check_optimizer(optimizer_case("cuda"))
 
 
 @pytest.mark.gpu
@@ -248,7 +304,7 @@ if __name__ == "__main__":
     results = {}
     for case in sys.argv[1:]:
         try:
-            results[case] = measure("cpu", case)
+            results[case] = optimizer_case("cpu") if case == OPTIMIZER_CASE else measure("cpu", case)
         except Exception as err:  # reported per case by the parent test
             results[case] = {"error": f"{type(err).__name__}: {err}"}
     print(json.dumps(results))
