@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 export GWT_DATA_DIR ?= $(abspath ../shared/data)
 export GWT_TOKENIZER_DIR ?= $(abspath ../shared/tokenizers)
 
-.PHONY: help setup test test-fast wheel-check demo bench tables slurm-test
+.PHONY: help setup test test-fast wheel-check demo bench tables slurm-test gpu-check
 
 help:
 	@echo "make setup   - virtual environment in $(VENV) with CPU torch 2.13.0 and the project (editable, all extras)"
@@ -14,6 +14,7 @@ help:
 	@echo "make wheel-check - build the gwt-optim wheel, install it with core dependencies only in a fresh venv, smoke-test it"
 	@echo "make demo    - short GWT pre-training on local C4 data, prints validation perplexity"
 	@echo "make bench   - optimizer step-time benchmark (scripts/bench_optimizer.py)"
+	@echo "make gpu-check - on a GPU machine, ~8 min: gpu tests, benchmark, pre-training and GLUE checks -> results/gpu/"
 	@echo "make tables  - results/tables.md and results/figures/ from results/**/result.json"
 	@echo "make slurm-test - real one-node Slurm on localhost: sbatch, submitit sweep, requeue (root)"
 
@@ -40,6 +41,11 @@ demo: setup
 
 bench: setup
 	$(PY) scripts/bench_optimizer.py
+
+# GPU machines: the venv's Python if `make setup` made one, else `python` on PATH (conda env of
+# environment.yml). ARGS="--dry-run" or ARGS="--phases train" pass options through.
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),python) scripts/gpu_check.py $(ARGS)
 
 tables: setup
 	$(PY) scripts/make_tables.py --out results/tables.md
