@@ -98,3 +98,21 @@ def from_plain(value, where: str = "state"):
     if type(value) in (dict, OrderedDict, list, tuple):
         return _map_container(value, from_plain, where)
     return value
+
+
+def place_projectors(optimizer) -> int:
+    """Move the tensors of every allow-listed projector object in ``optimizer.state`` to its parameter's
+    device; returns how many were moved. Call it after ``optimizer.load_state_dict`` of a checkpoint
+    (loaded on CPU): ``load_state_dict`` moves plain state tensors but not those inside objects."""
+    moved = 0
+    for param, state in optimizer.state.items():
+        if not isinstance(state, dict):
+            continue
+        for value in state.values():
+            if _qualname(value) not in PLAIN_CLASSES:
+                continue
+            for key, attr in vars(value).items():
+                if isinstance(attr, torch.Tensor) and attr.device != param.device:
+                    setattr(value, key, attr.to(param.device))
+                    moved += 1
+    return moved

@@ -381,3 +381,24 @@ def test_unusable_data_stops_the_entrypoint_before_writing(tmp_path, capsys, cas
     assert "c4-train.00000-of-00001.json.gz" in err or f"train shards of data.dir='{data}'" in err, err
     assert ("is empty" if case == "empty_texts" else "is not a gzip file") in err
     assert not out.exists()
+
+
+def test_projectors_follow_their_parameters_device(tmp_path):
+    pytest.importorskip("galore_torch")
+    from gwt_lab.train.safe_state import place_projectors
+
+    model, opt = _model_and_opt("galore", update_proj_gap=2)
+    _train(model, opt, 2, 0)
+    manager = CheckpointManager(tmp_path / "ckpt")
+    manager.save(2, {"optimizer": opt.state_dict()}, {})
+    shared, _, _ = manager.load()
+    on_meta = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 16)).to("meta")
+    model2, opt2 = _model_and_opt("galore", update_proj_gap=2)
+    to_meta = dict(zip(model2.parameters(), on_meta.parameters()))
+    for group in opt2.param_groups:  # the same optimizer over the parameters on another device
+        group["params"] = [to_meta[p] for p in group["params"]]
+    opt2.load_state_dict(shared["optimizer"])
+    projectors = [s["projector"] for s in opt2.state.values() if "projector" in s]
+    assert projectors and all(p.ortho_matrix.device.type == "cpu" for p in projectors)  # load_state_dict leaves them
+    assert place_projectors(opt2) == len(projectors)
+    assert all(p.ortho_matrix.device.type == "meta" for p in projectors)
