@@ -53,6 +53,10 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint file holds something other than tensors, numbers and strings."""
 
 
+class CheckpointMismatchError(CheckpointError):
+    """A sound checkpoint that this run cannot use (e.g. written by another number of processes)."""
+
+
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (e.g. the disk is full); the partial folder was removed."""
 
@@ -85,8 +89,8 @@ def read_meta(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{file} is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{file} is unreadable ({type(err).__name__}: {err})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
-        raise CheckpointError(f"{file} has no integer 'step'")
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or meta["step"] < 0:
+        raise CheckpointError(f"{file} has no non-negative integer 'step'")
     files = meta.get("files")
     if files is not None and not (isinstance(files, dict) and all(
             isinstance(k, str) and "/" not in k and k.endswith(".pt") and isinstance(v, int) for k, v in files.items())):
@@ -258,7 +262,7 @@ class CheckpointManager:
     def _load_one(self, path: Path, keys: tuple[str, ...] | None) -> tuple[dict, dict, dict]:
         meta = read_meta(path)
         if int(meta.get("world_size", 1)) != self.world_size:
-            raise ValueError(f"checkpoint {path} was written by {meta['world_size']} processes but this run has "
+            raise CheckpointMismatchError(f"checkpoint {path} was written by {meta['world_size']} processes but this run has "
                              f"{self.world_size}; resume with the same number of processes")
         problem = checkpoint_problem(path)
         if problem is not None:
@@ -274,7 +278,7 @@ class CheckpointManager:
         """Load ``(shared, local, meta)`` from ``path`` (default: the latest checkpoint).
 
         ``local`` is this rank's file; a checkpoint written with a different number of processes
-        raises ``ValueError`` because data positions are per rank. When ``path`` (or the latest) is
+        raises ``CheckpointMismatchError`` (a ``ValueError``) because data positions are per rank. When ``path`` (or the latest) is
         damaged, older complete checkpoints of ``root`` are tried, each skip warned with
         ``CheckpointWarning``; a file holding non-plain data raises ``UnsafeCheckpointError`` (no
         fallback). ``meta["path"]`` is the folder actually loaded.
@@ -294,7 +298,7 @@ class CheckpointManager:
         for candidate in candidates:
             try:
                 shared, local, meta = self._load_one(candidate, keys)
-            except UnsafeCheckpointError:
+            except (UnsafeCheckpointError, CheckpointMismatchError):
                 raise
             except CheckpointError as err:
                 problems.append(str(err))

@@ -402,3 +402,14 @@ def test_projectors_follow_their_parameters_device(tmp_path):
     assert projectors and all(p.ortho_matrix.device.type == "cpu" for p in projectors)  # load_state_dict leaves them
     assert place_projectors(opt2) == len(projectors)
     assert all(p.ortho_matrix.device.type == "meta" for p in projectors)
+
+
+def test_checkpoint_of_another_process_count_is_refused_without_fallback(tmp_path):
+    from gwt_lab.train.checkpoint import CheckpointMismatchError
+
+    _save_three(tmp_path / "ckpt")
+    with pytest.raises(CheckpointMismatchError, match="written by 1 processes but this run has 2"):
+        CheckpointManager(tmp_path / "ckpt", rank=0, world_size=2).load()
+    (tmp_path / "ckpt" / "step_00000003" / "meta.json").write_text('{"step": -3, "world_size": 1}')
+    with pytest.warns(CheckpointWarning, match="no non-negative integer 'step'"):
+        assert CheckpointManager(tmp_path / "ckpt").load()[2]["step"] == 2
