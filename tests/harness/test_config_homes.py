@@ -111,23 +111,25 @@ def test_paths_have_one_home(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- optimizers and methods
-def test_gwt_preset_repeats_the_library_defaults():
-    """configs/optimizer/gwt.yaml states GWT-AdamW's settings for the paper; every one that is not
-    a paper choice (lr) is the library's default (gwt.optim.base.GWT_DEFAULTS and GWTAdamW's
-    signature), so the two homes cannot drift."""
-    from gwt.optim import GWTAdamW
+@pytest.mark.parametrize("preset, cls", [("gwt", "GWTAdamW"), ("gwt_adafactor", "GWTAdafactor")])
+def test_gwt_presets_repeat_the_library_defaults(preset, cls):
+    """configs/optimizer/gwt*.yaml state the GWT optimizers' settings for the paper; every one that
+    is not a paper choice (lr) is the library's default (gwt.optim.base.GWT_DEFAULTS and the
+    optimizer's signature), so the two homes cannot drift."""
+    import gwt.optim
     from gwt.optim.base import GWT_DEFAULTS
 
-    preset = yaml.safe_load((CONFIGS / "optimizer" / "gwt.yaml").read_text())
-    signature = {k: p.default for k, p in inspect.signature(GWTAdamW.__init__).parameters.items()
+    raw = yaml.safe_load((CONFIGS / "optimizer" / f"{preset}.yaml").read_text())
+    signature = {k: p.default for k, p in inspect.signature(getattr(gwt.optim, cls).__init__).parameters.items()
                  if p.default is not inspect.Parameter.empty}
-    for key, value in GWT_DEFAULTS.items():
-        assert key in preset and preset[key] == value, key
-    paper_choices = {"name", "lr", "target_modules"}  # lr: the paper's 1e-2; target_modules: build_optimizer's
-    for key, value in preset.items():
+    if preset == "gwt":
+        for key, value in GWT_DEFAULTS.items():
+            assert key in raw and raw[key] == value, key
+    paper_choices = {"name", "lr", "target_modules"}  # lr: the paper's; target_modules: build_optimizer's
+    for key, value in raw.items():
         if key in paper_choices:
             continue
-        assert key in signature, f"gwt.yaml: {key!r} is not an option of GWTAdamW"
+        assert key in signature, f"{preset}.yaml: {key!r} is not an option of {cls}"
         expected = signature[key]
         assert (list(expected) if isinstance(expected, tuple) else expected) == value, key
 
