@@ -85,10 +85,11 @@ def _limiter(sums, c, step_ptr, alpha, gamma, LIMIT: tl.constexpr):
     return scale, norm
 
 
-def _haar_pass1(g_tab, m_tab, v_tab, prev_tab, sums, n, k, beta1, beta2, eps, up,
+def _haar_pass1(g_tab, m_tab, v_tab, prev_tab, sums, n, k, tiles, beta1, beta2, eps, up,
                 G_DT: tl.constexpr, S_DT: tl.constexpr, B: tl.constexpr, BLOCK_K: tl.constexpr,
                 LIMIT: tl.constexpr):
-    tile, row, c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid, c = tl.program_id(0), tl.program_id(1)  # (tile, row) flattened: rows may exceed a grid dimension's 65535
+    tile, row = pid % tiles, pid // tiles
     j = tile * BLOCK_K + tl.arange(0, BLOCK_K)
     col = j[:, None] * B + tl.arange(0, B)[None, :]
     grad = _ptr(g_tab, c, G_DT) + row.to(tl.int64) * n
@@ -111,10 +112,11 @@ def _haar_pass1(g_tab, m_tab, v_tab, prev_tab, sums, n, k, beta1, beta2, eps, up
             tl.store(sums + 2 * c + 1, tl.load(_ptr(prev_tab, c, tl.float32)))
 
 
-def _haar_pass2(p_tab, g_tab, m_tab, v_tab, prev_tab, sums, step_ptr, decay_ptr, n, k, eps, down, alpha, gamma,
+def _haar_pass2(p_tab, g_tab, m_tab, v_tab, prev_tab, sums, step_ptr, decay_ptr, n, k, tiles, eps, down, alpha, gamma,
                 P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr, B: tl.constexpr,
                 BLOCK_K: tl.constexpr, LIMIT: tl.constexpr):
-    tile, row, c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    pid, c = tl.program_id(0), tl.program_id(1)  # (tile, row) flattened: rows may exceed a grid dimension's 65535
+    tile, row = pid % tiles, pid // tiles
     scale, norm = _limiter(sums, c, step_ptr, alpha, gamma, LIMIT)
     if LIMIT:
         if (tile == 0) & (row == 0):
@@ -430,12 +432,13 @@ def haar_group(params, grads, exp_avgs, exp_avg_sqs, prev_norms, *, level: int, 
     count, limit = len(params), prev_norms is not None
     prev_tab = prev[0] if limit else p_tab  # unused without the limiter
     sums = _sums(count, device)
-    grid = (-(-k // block_k), rows, count)
+    tiles = -(-k // block_k)
+    grid = (tiles * rows, count)
     dts = dict(G_DT=_tl_dtype(grads[0].dtype), S_DT=_tl_dtype(exp_avgs[0].dtype), B=block, BLOCK_K=block_k,
                LIMIT=limit)
-    kern["haar_pass1"][grid](g_tab, m_tab, v_tab, prev_tab, sums, n, k, float(beta1), float(beta2), float(eps),
+    kern["haar_pass1"][grid](g_tab, m_tab, v_tab, prev_tab, sums, n, k, tiles, float(beta1), float(beta2), float(eps),
                              2.0 ** (level / 2), **dts)
-    kern["haar_pass2"][grid](p_tab, g_tab, m_tab, v_tab, prev_tab, sums, step_size, decay, n, k, float(eps),
+    kern["haar_pass2"][grid](p_tab, g_tab, m_tab, v_tab, prev_tab, sums, step_size, decay, n, k, tiles, float(eps),
                              2.0 ** (-level / 2), float(alpha), float(gamma or 1.0),
                              P_DT=_tl_dtype(params[0].dtype), **dts)
 

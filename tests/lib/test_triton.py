@@ -35,6 +35,9 @@ CASES = {
     "db2-3-div-lim": ("db2", 3, 40, 1.01, "float32", "float32", 2e-5),
     "db2-4-odd-lim": ("db2", 4, 37, 1.01, "float32", "float32", 2e-5),
     "sym4-2-odd-lim": ("sym4", 2, 45, 1.01, "float32", "float32", 2e-5),
+    # small tiles: rows split over several Haar programs, several passes of the transform loops
+    "haar1-odd-lim-tiles": ("haar", 1, 37, 1.01, "float32", "float32", 2e-5),
+    "db2-2-odd-lim-tiles": ("db2", 2, 45, 1.01, "float32", "float32", 2e-5),
     "haar2-bf16": ("haar", 2, 29, 1.01, "bfloat16", "float32", 1),
     "db2-2-bf16": ("db2", 2, 29, 1.01, "bfloat16", "float32", 1),
     "adam-bf16": ("haar", 0, 29, None, "bfloat16", "float32", 1),
@@ -77,6 +80,17 @@ def measure(device: str, name: str, rows: int = 2, count: int = 2, steps: int = 
     stored norm; and the dtypes the tensors kept."""
     from gwt.optim import triton_kernels as tk
 
+    if name.endswith("-tiles"):
+        saved = tk.HAAR_TILE, tk.DWT_TILE
+        tk.HAAR_TILE, tk.DWT_TILE = 8, 16
+        try:
+            return _measure(tk, device, name, rows, count, steps)
+        finally:
+            tk.HAAR_TILE, tk.DWT_TILE = saved
+    return _measure(tk, device, name, rows, count, steps)
+
+
+def _measure(tk, device: str, name: str, rows: int, count: int, steps: int) -> dict:
     wavelet, level, n, gamma, pdt, sdt, _ = CASES[name]
     param_dtype, state_dtype = getattr(torch, pdt), getattr(torch, sdt)
     gen = torch.Generator().manual_seed(sum(map(ord, name)))
