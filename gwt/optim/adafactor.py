@@ -35,6 +35,8 @@ class GWTAdafactor(GWTOptimizerBase):
     only; the whole step can be compiled from outside with ``torch.compile``).
     """
 
+    GROUP_KEYS = ("lr", "weight_decay", "beta1", "decay_rate", "eps1", "clip_threshold", "detail_scaling")
+
     def __init__(self, params, lr: float = 1e-2, *, beta1: float | None = None, decay_rate: float = -0.8,
                  eps1: float = 1e-30, clip_threshold: float = 1.0, weight_decay: float = 0.0,
                  wavelet: str | None = "haar", level: int = 2, alpha: float = 0.25, boundary: str = "zero",
@@ -75,13 +77,13 @@ class GWTAdafactor(GWTOptimizerBase):
         """Returns (clipped normalized update U, RMS estimate S, clip factor d)."""
         sq = a * a + group["eps1"]
         if "row" in state:
-            row = state["row"].to(a.dtype).mul(beta2_t).add(sq.mean(-1), alpha=1 - beta2_t)
-            col = state["col"].to(a.dtype).mul(beta2_t).add(sq.mean(-2), alpha=1 - beta2_t)
+            row = state["row"].to(a.dtype).mul(beta2_t) + sq.mean(-1) * (1 - beta2_t)
+            col = state["col"].to(a.dtype).mul(beta2_t) + sq.mean(-2) * (1 - beta2_t)
             state["row"].copy_(row)
             state["col"].copy_(col)
             scale = (row / row.mean(-1, keepdim=True)).unsqueeze(-1) * col.unsqueeze(-2)
         else:
-            scale = state["sq"].to(a.dtype).mul(beta2_t).add(sq, alpha=1 - beta2_t)
+            scale = state["sq"].to(a.dtype).mul(beta2_t) + sq * (1 - beta2_t)
             state["sq"].copy_(scale)
         scale = scale.sqrt()
         update = a / scale

@@ -204,6 +204,7 @@ class GWTAdamW(GWTOptimizerBase):
     """
 
     BACKENDS = tuple(["auto", *STEPS])
+    GROUP_KEYS = ("lr", "weight_decay", "betas", "eps")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, *, wavelet: str | None = "haar", level: int = 2,

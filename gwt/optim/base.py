@@ -25,6 +25,8 @@ class GWTOptimizerBase(torch.optim.Optimizer):
     """
 
     BACKENDS: tuple[str, ...] = ("auto", "torch")
+    #: Group keys (besides GWT_DEFAULTS) a loaded state dict must carry.
+    GROUP_KEYS: tuple[str, ...] = ("lr", "weight_decay")
 
     def __init__(self, params, defaults: dict, *, state_dtype=None, backend: str | None = "auto"):
         check_range("lr", defaults["lr"], 0.0)
@@ -151,7 +153,7 @@ class GWTOptimizerBase(torch.optim.Optimizer):
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"{cls}.load_state_dict: the state dict has {len(saved_groups)} parameter groups, "
                              f"this optimizer {len(self.param_groups)}")
-        required = set(self.defaults)
+        required = set(self.defaults) & (set(GWT_DEFAULTS) | set(self.GROUP_KEYS))
         plan = []
         for g, (group, saved_group) in enumerate(zip(self.param_groups, saved_groups)):
             missing = sorted(required - set(saved_group))
