@@ -4,6 +4,7 @@ Usage:
     python scripts/estimate_memory.py                 # Table A4, Table 1 and Table 4 memory, Markdown
     python scripts/estimate_memory.py --latex
     python scripts/estimate_memory.py --state-bytes 4 # fp32 optimizer states (this project's default)
+    python scripts/estimate_memory.py --models qwen2_5_60m,qwen2_5_0_5b   # any configs/model/*.yaml
 
 Formula (the paper's Appendix A.4 convention: bf16, 2 bytes per number, 1 GB = 1e9 bytes):
 - weights = 2 bytes x every parameter of the LLaMA model (embeddings, lm_head, norms included);
@@ -16,9 +17,12 @@ Formula (the paper's Appendix A.4 convention: bf16, 2 bytes per number, 1 GB = 1
   every other parameter (embeddings, lm_head, norms) keeps full Adam moments;
   plus a 4-byte step counter per parameter (and the GWT limiter's previous norm).
 - Table 1's memory column = weights + states; Table 4's = states only; Table A4 lists both.
-Model shapes come from a `LlamaForCausalLM` built on the meta device (no memory used) from
-`configs/model/<name>.yaml` when it exists, else from the paper's Table A1 sizes (1B: 32 heads,
-24 layers, as the released configuration files), vocabulary 32000.
+Model shapes come from the model a `configs/model/<name>.yaml` describes (LLaMA, or Qwen2.5 with
+grouped-query attention, q/k/v biases and a tied embedding), built on the meta device (no memory
+used) by `gwt_lab.models.build_causal_lm`; a LLaMA name without a YAML uses the paper's Table A1
+sizes (1B: 32 heads, 24 layers, as the released configuration files), vocabulary 32000. The
+targets are the 2-D attention/MLP weights (Qwen's q/k/v biases keep full Adam moments). A last
+table covers the Qwen2.5 configs (no paper values).
 """
 from __future__ import annotations
 
@@ -92,6 +96,26 @@ def llama_shapes(dims: dict) -> dict[str, tuple[int, ...]]:
     return {n: tuple(p.shape) for n, p in model.named_parameters()}
 
 
+def model_shapes(name: str, configs_dir: Path = REPO / "configs" / "model") -> tuple[dict, int]:
+    """({parameter name: shape}, hidden size) of a model config (LLaMA or Qwen2.5), meta device.
+    Tied parameters appear once (as ``named_parameters`` lists them)."""
+    path = configs_dir / f"{name}.yaml"
+    if path.is_file():
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        if isinstance(cfg, dict) and cfg.get("architecture", "llama") != "llama":
+            import torch
+
+            from gwt_lab.models import build_causal_lm
+
+            with torch.device("meta"):
+                model = build_causal_lm(cfg)
+            return {n: tuple(p.shape) for n, p in model.named_parameters()}, cfg["hidden_size"]
+    dims = llama_dims(name, configs_dir)
+    return llama_shapes(dims), dims["hidden_size"]
+
+
 def llama_targets(shapes: dict) -> list[str]:
     """The matrices GWT / GaLore act on in the paper: attention and MLP weights."""
     return [n for n, s in shapes.items() if len(s) == 2 and ("attn" in n or "mlp" in n)]
@@ -125,8 +149,7 @@ class Estimator:
 
     def _model(self, model: str) -> tuple[dict, int]:
         if model not in self._shapes:
-            dims = llama_dims(model)
-            self._shapes[model] = (llama_shapes(dims), dims["hidden_size"])
+            self._shapes[model] = model_shapes(model)
         return self._shapes[model]
 
     def gb(self, model: str, method: str) -> tuple[float, float]:
@@ -199,6 +222,25 @@ def table4_memory(paper: dict, est: Estimator) -> Table:
     return Table("Table 4 (memory columns): estimated optimizer states per Haar level", header, rows, [_note(est)])
 
 
+QWEN_MODELS = ("qwen2_5_60m", "qwen2_5_130m", "qwen2_5_350m", "qwen2_5_0_5b", "qwen2_5_1b")
+MODEL_TABLE_METHODS = ("Full-Rank", "Haar-2", "Haar-3", "DB2-2", "GaLore-1/4")
+
+
+def models_table(models, est: Estimator, title: str) -> Table:
+    """Weights / states of MODEL_TABLE_METHODS for any model configs (no paper values)."""
+    header = ["Method"] + [f"{m} weights / states" for m in models]
+    rows = []
+    for method in MODEL_TABLE_METHODS:
+        cells = [method]
+        for model in models:
+            w, s = est.gb(model, method)
+            cells.append(f"{w:.2f}G / {s:.2f}G")
+        rows.append(cells)
+    notes = [_note(est).replace(" Paper values in parentheses.", ""),
+             "Qwen2.5 models tie the input and output embedding: it is counted (and its Adam moments kept) once."]
+    return Table(title, header, rows, notes)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--paper-dir", default=str(REPO / "results" / "paper"))
@@ -207,10 +249,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight-bytes", type=int, default=2, choices=(1, 2, 4, 8))
     parser.add_argument("--unit", default="GB", choices=("GB", "GiB"))
     parser.add_argument("--latex", action="store_true")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated configs/model names: print only their weights/states table")
     args = parser.parse_args(argv)
-    paper = load_paper(args.paper_dir)
     est = Estimator(args.state_bytes, args.weight_bytes, 1e9 if args.unit == "GB" else 2**30)
-    for table in (table_a4(paper, est), table1_memory(paper, est), table4_memory(paper, est)):
+    if args.models is not None:
+        models = [m for m in args.models.split(",") if m]
+        try:
+            table = models_table(models, est, "Estimated weights / optimizer states")
+        except ValueError as err:
+            parser.error(f"--models: {err}")
+        print(table.latex() if args.latex else table.markdown())
+        return 0
+    paper = load_paper(args.paper_dir)
+    tables = (table_a4(paper, est), table1_memory(paper, est), table4_memory(paper, est),
+              models_table(QWEN_MODELS, est, "Qwen2.5 configs: estimated weights / optimizer states"))
+    for table in tables:
         print(table.latex() if args.latex else table.markdown())
     return 0
 

@@ -79,3 +79,38 @@ def test_cli_prints_tables_beside_paper(capsys):
     out = capsys.readouterr().out
     assert "Table A4" in out and "Table 4 (memory columns)" in out
     assert "(0.23G)" in out  # paper's Full-Rank 60M states printed beside ours
+
+
+def test_qwen_estimate_equals_measured_state_bytes():
+    """Qwen2.5 (GQA, q/k/v biases, tied embedding): the estimate from the YAML's shapes equals what a
+    stepped GWT optimizer holds (biases and the tied embedding: full Adam moments, counted once)."""
+    from gwt_lab.models import build_causal_lm
+
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs" / "model" / "qwen2_5_tiny.yaml").read_text())
+    cfg["vocab_size"] = 256
+    model = build_causal_lm(cfg, seed=0)
+    optimizer = build_optimizer(model, name="gwt", lr=1e-3, target_modules="llama", wavelet="haar", level=2)
+    ids = torch.randint(0, 256, (2, 16))
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert "lm_head.weight" not in shapes and "model.layers.0.self_attn.q_proj.bias" in shapes
+    assert "model.layers.0.self_attn.q_proj.bias" not in em.llama_targets(shapes)
+    _, states = em.estimate(shapes, "Haar-2", state_bytes=4, weight_bytes=4)
+    assert states == optimizer_state_bytes(optimizer)
+
+
+def test_qwen_configs_in_the_tables(capsys):
+    shapes, hidden = em.model_shapes("qwen2_5_0_5b")
+    assert hidden == 896 and sum(torch.Size(s).numel() for s in shapes.values()) == 494_032_768
+    est = em.Estimator()
+    full = est.gb("qwen2_5_0_5b", "Full-Rank")[1]
+    haar = est.gb("qwen2_5_0_5b", "Haar-2")[1]
+    assert full == pytest.approx(2 * 2 * 494_032_768 / 1e9, rel=0.01) and haar < full
+    assert em.main(["--models", "qwen2_5_tiny,qwen2_5_60m"]) == 0
+    out = capsys.readouterr().out
+    assert "qwen2_5_60m weights / states" in out and "Haar-2" in out
+    with pytest.raises(SystemExit):
+        em.main(["--models", "qwen9"])
