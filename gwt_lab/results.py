@@ -298,6 +298,12 @@ def _describe_machine(info: dict, world_size=None) -> str:
     return ", ".join(f"{k}={v}" for k, v in info.items())
 
 
+def is_study_run(run: Run) -> bool:
+    """A run of a tuning study (config key ``study``, e.g. results/reduced_table1): summarised by its
+    own script, kept out of the paper's tables and figures."""
+    return isinstance(run.config.get("study"), dict)
+
+
 def load_runs(root: str | Path = "results") -> list[Run]:
     """Every result.json below `root` (the paper's folder excluded), sorted by path."""
     root = Path(root)
@@ -386,10 +392,20 @@ def config_differences(a: dict, b: dict, ignore: Iterable[str] = ()) -> list[str
     return out
 
 
+def _finished_at(run: Run) -> float:
+    """result.json's ``finished_at`` as a POSIX time (0 when absent or unreadable)."""
+    import datetime as _dt
+
+    try:
+        return _dt.datetime.fromisoformat(str(run.extra.get("finished_at"))).timestamp()
+    except ValueError:
+        return 0.0
+
+
 def group_like(runs: Iterable[Run], ignore: Iterable[str] = ()) -> list[list[Run]]:
     """``runs`` split into groups whose configs differ in the seed alone (and ``ignore``), the
     preferred group first: the most seeds of one exact setting, then the longest training (steps,
-    tokens), then the most runs, then path."""
+    tokens), then the most recently finished, then the most runs, then path."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(protocol(run.config, ignore), []).append(run)
@@ -398,7 +414,8 @@ def group_like(runs: Iterable[Run], ignore: Iterable[str] = ()) -> list[list[Run
         seeds = max(Counter(protocol(r.config) for r in group).values())
         steps = max((r.steps or 0) for r in group)
         tokens = max((r.tokens or 0) for r in group)
-        return (-seeds, -steps, -tokens, -len(group), min(r.path.as_posix() for r in group))
+        newest = max(_finished_at(r) for r in group)
+        return (-seeds, -steps, -tokens, -newest, -len(group), min(r.path.as_posix() for r in group))
     return sorted(groups.values(), key=rank)
 
 

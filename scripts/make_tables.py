@@ -1,4 +1,5 @@
-"""Tables 1, 2, 3, 4, A3 and A4 of the paper from this repository's runs, beside the paper's numbers.
+"""Tables 1, 2, 3, 4, A3 and A4 of the paper from this repository's runs, beside the paper's numbers,
+and Table 1 at reduced scale with every method tuned (1R, from results/reduced_table1).
 
 Usage:
     python scripts/make_tables.py                           # Markdown to stdout
@@ -8,7 +9,9 @@ Usage:
 
 Every `result.json` under `--results` (default `results/`, the paper's folder excluded) is read
 (contract in DESIGN.md). Each cell reads "ours (paper)"; "—" where no run (or no paper value)
-exists; a run count is added when several runs (seeds) feed a cell (mean ± std). A cell marked
+exists; a run count is added when several runs (seeds) feed a cell (mean ± std over runs whose
+resolved configs differ in the seed alone; runs under other settings are named in the notes and
+marked ‡, never averaged in). A cell marked
 † comes from runs that differ from the paper's setting (fewer tokens or epochs, other data or
 model): the notes under each table list every run behind every cell with its model, data,
 steps, tokens (and share of the paper's budget), learning rate, seed, machine and commit.
@@ -27,13 +30,14 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from estimate_memory import METHODS, TABLE4_MODELS, Estimator, estimate, llama_shapes, table_a4  # noqa: E402
 from gwt_lab.results import (  # noqa: E402
-    GLUE_PAPER_EPOCHS, GLUE_PAPER_MODEL, GLUE_TASKS, LLAMA_SIZES, PAPER_LLAMA, Run, Table,
-    human_count, load_paper, load_runs, mean_cell, ours_paper, paper_value, parse_count,
+    GLUE_PAPER_EPOCHS, GLUE_PAPER_MODEL, GLUE_TASKS, LLAMA_SIZES, PAPER_LLAMA, Run, Table, config_differences,
+    group_like, human_count, is_study_run, load_paper, load_runs, mean_cell, ours_paper, paper_value, parse_count,
 )
 
-TABLES = ("1", "2", "3", "4", "A3", "A4")
+TABLES = ("1", "1R", "2", "3", "4", "A3", "A4")
 PAPER_ALPHA = 0.25  # alpha of every GWT row of Tables 1, 2, 4 (Table A2)
 DAGGER = "†"
+OTHER = "‡"
 
 
 # ----------------------------------------------------------------------------- selection helpers
@@ -59,7 +63,7 @@ def pretrain_runs(runs: list[Run]) -> list[Run]:
             return True
         return name == "gwt" and run.optimizer.get("limiter", 1.01) in (None, 0, False)
 
-    return [r for r in runs if r.kind == "pretrain" and not ablation(r)]
+    return [r for r in runs if r.kind == "pretrain" and not ablation(r) and not is_study_run(r)]
 
 
 USED: set[str] = set()  # paths of the runs that fed any cell (for the "not in any table" list)
@@ -72,25 +76,47 @@ class Cells:
         self.budgets = budgets
         self.notes: list[str] = []
         self.reduced = False
+        self.other = False
 
     def cell(self, label: str, runs: list[Run], values: list[float | None], paper: float | None,
-             digits: int = 2, suffix: str = "") -> str:
-        ours, count = mean_cell(values, digits)
+             digits: int = 2, suffix: str = "", prefer: list[Run] | None = None) -> str:
+        """'mean±std (n=k)' over the runs whose configs differ in the seed alone (``gwt_lab.results.group_like``):
+        the group holding ``prefer[0]`` if given, else the one with the most runs. Runs under other
+        settings are not averaged in: the cell gets ‡ and the notes name their values and differences."""
+        value_of = {id(r): v for r, v in zip(runs, values)}
+        groups = group_like([r for r in runs if value_of[id(r)] is not None])
+        if prefer:
+            groups.sort(key=lambda g: not any(r is prefer[0] for r in g))
+        main = groups[0] if groups else []
+        ours, count = mean_cell([value_of[id(r)] for r in main], digits)
         if count:
             if count > 1:
                 ours += f" (n={count})"
-            if not all(is_paper_scale(r, self.budgets) for r in runs):
+            if not all(is_paper_scale(r, self.budgets) for r in main):
                 ours += DAGGER
                 self.reduced = True
-            for run in runs:
+            for run in main:
                 self.notes.append(f"{label}: {run.describe(self.budgets.get(run.model))}")
                 USED.add(str(run.root / run.path))
+            for other in groups[1:]:
+                text, n = mean_cell([value_of[id(r)] for r in other], digits)
+                diff = "; ".join(config_differences(other[0].config, main[0].config)) or "nothing but the seed"
+                paths = ", ".join(f"`{r.path.as_posix()}`" for r in other)
+                self.notes.append(f"{label}: {OTHER} not averaged in: {text} (n={n}) from {paths}, whose configs "
+                                  f"differ from the cell's in {diff}")
+                self.other = True
+                USED.update(str(r.root / r.path) for r in other)
+            if len(groups) > 1:
+                ours += OTHER
             ours += suffix if suffix and ours != "—" else ""
         return ours_paper(ours, paper, digits, suffix)
 
     def finish(self, extra: list[str]) -> list[str]:
         legend = [f"{DAGGER} = run(s) below the paper's scale or setting (tokens, epochs, data or model): "
                   "not comparable with the paper's number."] if self.reduced else []
+        if self.other:
+            legend.append(f"{OTHER} = the cell averages only runs whose resolved configs differ in the seed alone; "
+                          "runs under other settings are listed below with their values, not averaged in.")
         runs = ["Runs behind the cells:"] + self.notes if self.notes else ["No runs yet: every 'ours' is —."]
         return extra + legend + runs
 
@@ -132,6 +158,51 @@ def table1(runs: list[Run], paper: dict, est: Estimator) -> Table:
         "Paper training tokens: 1.1B / 2.2B / 6.4B / 13.1B (60M / 130M / 350M / 1B).",
     ])
     return Table("Table 1: C4 pre-training, validation perplexity and memory", header, rows, notes)
+
+
+# ----------------------------------------------------------------------------- Table 1, reduced scale
+# reduced_table1 experiment -> the paper's Table 1 row
+PAPER_ROW = {"adamw": "Full-Rank", "haar2": "Haar-2", "haar3": "Haar-3", "db2_2": "DB2-2",
+             "galore_1_4": "GaLore-1/4", "apollo": "APOLLO", "fira": "Fira"}
+
+
+def table1_reduced(runs: list[Run], paper: dict) -> Table:
+    """The tuned reduced-scale study (scripts/reduced_table1.py) beside the paper's 60M column."""
+    import reduced_table1 as rt1
+
+    rows_csv = paper["table1_c4_pretrain"]
+    study = [r for r in runs if is_study_run(r)]
+    summary = rt1.summarize(study, rt1.load_plan())
+    for run in study:
+        USED.add(str(run.root / run.path))
+    header = ["Method", "ours: ppl at best lr, reduced scale", "best lr", "state vs AdamW", "paper 60M ppl",
+              "paper 60M mem"]
+    rows = []
+    for row in summary["methods"]:
+        mean = "—" if row["mean_ppl"] is None else f"{row['mean_ppl']:.2f}"
+        if row["std_ppl"] is not None:
+            mean += f"±{row['std_ppl']:.2f}"
+        if row["n"]:
+            mean += f" (n={row['n']}){DAGGER}"
+        lr = "—" if row["best_lr"] is None else f"{row['best_lr']:g}"
+        if row["best_lr"] is not None and (not row["grid_complete"] or row["best_lr_at_grid_edge"]):
+            lr += " (provisional)"
+        state = "—" if row["state_vs_adamw"] is None else f"{row['state_vs_adamw']:.2f}x"
+        label = PAPER_ROW.get(row["experiment"])
+        rows.append([row["label"], mean, lr, state,
+                     _paper_text(paper_value(rows_csv, "method", label, "ppl_60m") if label else None),
+                     _paper_text(paper_value(rows_csv, "method", label, "mem_gb_60m") if label else None, "G")])
+    notes = [f"{DAGGER} Reduced scale, not comparable in absolute terms with the paper's 60M/1.1B-token numbers: "
+             "`results/reduced_table1/README.md` (protocol, lr grids, seeds, figures). Each method at the best lr "
+             "of its own grid; mean ± std over the seeds there.",
+             "Verdict: " + summary["verdict"],
+             f"{summary['runs_used']} runs; {len(summary['missing'])} planned runs missing "
+             "(`python scripts/reduced_table1.py` lists them and the commands that run them)."]
+    return Table("Table 1 at reduced scale: every method tuned (results/reduced_table1)", header, rows, notes)
+
+
+def _paper_text(value: float | None, suffix: str = "") -> str:
+    return "—" if value is None else f"{value:.2f}{suffix}"
 
 
 # ----------------------------------------------------------------------------- Table 2
@@ -188,15 +259,26 @@ def _is_row(label: str, row: str, labels: tuple) -> bool:
     return label in labels or (row == "GaLore" and label.startswith("GaLore"))
 
 
+def _lr_protocols(runs: list[Run]) -> list[list[Run]]:
+    """Scored runs grouped by protocol apart from the lr (an lr grid of one setting is one group)."""
+    return group_like([r for r in runs if r.glue_score() is not None], ignore=("optimizer.lr",))
+
+
 def _best_lr_group(runs: list[Run]) -> list[Run]:
-    """Runs at the learning rate with the best mean score (the paper picks the lr per task)."""
-    by_lr: dict = defaultdict(list)
-    for run in runs:
-        if run.glue_score() is not None:
-            by_lr[run.lr].append(run)
-    if not by_lr:
+    """Of the preferred setting (``group_like`` order, lr aside), the runs at the learning rate with
+    the best mean score (the paper picks the lr per task); they differ in the seed alone."""
+    settings = _lr_protocols(runs)
+    if not settings:
         return []
+    by_lr: dict = defaultdict(list)
+    for run in settings[0]:
+        by_lr[run.lr].append(run)
     return max(by_lr.values(), key=lambda group: sum(r.glue_score() for r in group) / len(group))
+
+
+def _other_settings(runs: list[Run]) -> list[Run]:
+    """Scored runs outside the preferred setting (named in a cell's notes, not averaged in)."""
+    return [r for group in _lr_protocols(runs)[1:] for r in group]
 
 
 def table3(runs: list[Run], paper: dict) -> Table:
@@ -209,9 +291,12 @@ def table3(runs: list[Run], paper: dict) -> Table:
         row, scores = [method], []
         for task in GLUE_ORDER:
             column = GLUE_TASKS[task][0]
-            fed = _best_lr_group([r for r in glue if r.task == task and _is_row(r.method, method, labels)])
+            candidates = [r for r in glue if r.task == task and _is_row(r.method, method, labels)]
+            fed = _best_lr_group(candidates)
             values = [r.glue_score() for r in fed]
-            row.append(cells.cell(f"{method} / {column}", fed, values, paper_value(rows_csv, "method", method, column)))
+            shown = fed + _other_settings(candidates)
+            row.append(cells.cell(f"{method} / {column}", shown, [r.glue_score() for r in shown],
+                                  paper_value(rows_csv, "method", method, column), prefer=fed))
             if values:
                 scores.append(sum(values) / len(values))
         avg = f"{sum(scores) / len(scores):.2f}" if len(scores) == len(GLUE_ORDER) else "—"
@@ -303,7 +388,8 @@ def table4(runs: list[Run], paper: dict, est: Estimator) -> Table:
 
 def tableA4(runs: list[Run], paper: dict, est: Estimator) -> Table:
     table = table_a4(paper, est)
-    measured = [r for r in runs if r.kind == "pretrain" and r.metric("optimizer_state_bytes") is not None]
+    measured = [r for r in runs if r.kind == "pretrain" and not is_study_run(r)
+                and r.metric("optimizer_state_bytes") is not None]
     if measured:
         table.notes.append("Measured optimizer-state bytes of runs (result.json `optimizer_state_bytes`, states in "
                            "the run's own dtype) beside the same formula applied to the run's model config and "
@@ -331,7 +417,8 @@ def run_state_estimate(run: Run) -> int | None:
 
 # ----------------------------------------------------------------------------- main
 def build(tables: list[str], runs: list[Run], paper: dict, est: Estimator) -> list[Table]:
-    builders = {"1": lambda: table1(runs, paper, est), "2": lambda: table2(runs, paper),
+    builders = {"1": lambda: table1(runs, paper, est), "1R": lambda: table1_reduced(runs, paper),
+                "2": lambda: table2(runs, paper),
                 "3": lambda: table3(runs, paper), "4": lambda: table4(runs, paper, est),
                 "A3": lambda: tableA3(runs, paper), "A4": lambda: tableA4(runs, paper, est)}
     USED.clear()
@@ -349,12 +436,15 @@ def _why_unused(run: Run) -> str:
         if run.task not in GLUE_ORDER:
             return f"task {run.task} is not in Table 3"
         return "not Full-Rank / Haar-2 / GaLore, or not the best lr of its cell"
+    if is_study_run(run):
+        return "a reduced Table 1 study run (table 1R)"
     if run not in pretrain_runs([run]):
         return "an ablation (alpha or limiter differs from the paper's setting)"
     return "its method has no row in the selected tables"
 
 
-def main(argv: list[str] | None = None) -> int:
+def render(argv: list[str] | None = None) -> tuple[str, argparse.Namespace, int]:
+    """The document ``main(argv)`` writes (its header names ``argv``), the parsed arguments and the run count."""
     parser = argparse.ArgumentParser(description="Render the paper's tables from results/**/result.json.")
     parser.add_argument("--results", nargs="+", default=[str(REPO / "results")],
                         help="folders searched for result.json (e.g. results runs/sweeps)")
@@ -380,10 +470,14 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(argv if argv is not None else sys.argv[1:])
         + f"` from {len(runs)} run(s) under {', '.join(f'`{_rel(Path(f))}`' for f in args.results)}. "
         "Each cell: ours (paper).\n\n")
-    text = header + "\n".join(body)
+    return header + "\n".join(body), args, len(runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    text, args, count = render(argv)
     if args.out:
         Path(args.out).write_text(text)
-        print(f"wrote {args.out} ({len(runs)} runs)")
+        print(f"wrote {args.out} ({count} runs)")
     else:
         print(text)
     return 0

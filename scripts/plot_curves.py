@@ -14,6 +14,8 @@ What each figure plots (one panel per model size that has runs; curves from ever
 - Figure 6: validation perplexity vs step of Adafactor and GWT-Adafactor (any optimizer whose
   registry name contains "adafactor").
 The legend of every curve names its run's scale (tokens seen); the subtitle names the data.
+Runs of a tuning study (config key ``study``, e.g. results/reduced_table1) are left out: their
+figures come from the study's own script (scripts/reduced_table1.py).
 A row of panels is drawn only where some model size has at least two settings to compare; a
 figure with no such row is not written.
 """
@@ -33,7 +35,7 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from gwt_lab.results import LLAMA_SIZES, Run, human_count, load_runs  # noqa: E402
+from gwt_lab.results import LLAMA_SIZES, Run, human_count, is_study_run, load_runs  # noqa: E402
 
 FIGURES = ("2", "3", "5", "6")
 PAPER_SIZES = ("llama_60m", "llama_130m", "llama_350m", "llama_1b")
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.results:
         if not Path(folder).is_dir():
             parser.error(f"--results {folder}: no such folder")
-        runs += load_runs(folder)
+        runs += [r for r in load_runs(folder) if not is_study_run(r)]  # studies draw their own figures
     for number in args.figures:
         path = draw_figure(number, runs, Path(args.out), args.smooth)
         print(f"figure {number}: {path}" if path else f"figure {number}: no two settings to compare in the runs, nothing written")

@@ -200,3 +200,50 @@ def test_table_a4_sets_measured_state_bytes_beside_the_formula(tmp_path):
     assert estimated == 465548  # = optimizer_state_bytes of a real GWTAdamW on this model (test_estimate_memory)
     table = make_tables.tableA4([run], load_paper(PAPER), make_tables.Estimator())
     assert "Haar-2 / tiny: 123,456,789 B measured, 465,548 B estimated" in "\n".join(table.notes)
+
+
+def test_a_cell_averages_only_runs_that_differ_in_the_seed(tmp_path):
+    """Three seeds of one protocol and one run with fewer steps share a Table 1 cell: the mean covers
+    the three; the fourth is named in the notes with its value and the keys it differs in."""
+    for seed, ppl in ((0, 40.0), (1, 42.0), (2, 44.0)):
+        write_run(tmp_path, f"pretrain/haar_s{seed}", pretrain_config(seed=seed, steps=100), pretrain_metrics(ppl))
+    write_run(tmp_path, "pretrain/haar_short", pretrain_config(seed=0, steps=10), pretrain_metrics(90.0))
+    text, _, count = make_tables.render(["--results", str(tmp_path), "--paper-dir", str(PAPER), "--tables", "1"])
+    assert count == 4
+    cell = _row(text, "Table 1", "Haar-2")[1]
+    assert cell.startswith("42.00±2.00 (n=3)") and "‡" in cell
+    assert "‡ not averaged in: 90.00 (n=1) from `pretrain/haar_short`" in text
+    assert "trainer.max_steps=10 (vs 100)" in text
+
+
+def test_group_like_ignores_output_paths_and_implementation_keys():
+    from gwt_lab.results import group_like
+
+    base = pretrain_config(optimizer={"name": "gwt", "lr": 0.01, "backend": "cpu"})
+    other_machine = dict(pretrain_config(seed=5, optimizer={"name": "gwt", "lr": 0.01, "backend": "torch"}),
+                         output_dir="/elsewhere", run_name="x", data={"name": "c4_local", "dir": "/mnt/c4"})
+    other_lr = pretrain_config(optimizer={"name": "gwt", "lr": 0.02, "backend": "cpu"})
+    runs = [Run(path=Path(str(i)), config=c, metrics={}, git_commit="") for i, c in
+            enumerate((base, other_machine, other_lr))]
+    groups = group_like(runs)
+    assert [[r.path.name for r in g] for g in groups] == [["0", "1"], ["2"]]
+    assert len(group_like(runs, ignore=("optimizer.lr",))) == 1
+
+
+def test_study_runs_have_their_own_reduced_table(tmp_path):
+    config = dict(pretrain_config("llama_h128_l4_v2k", 128, {"name": "adamw", "lr": 0.003}),
+                  study={"method": "adamw", "lr_grid": [0.001, 0.003]})
+    write_run(tmp_path, "reduced_table1/runs/rt1-adamw-lr0.003-s42", dict(config, seed=42), pretrain_metrics(55.0))
+    text, _, _ = make_tables.render(["--results", str(tmp_path), "--paper-dir", str(PAPER), "--tables", "1", "1R"])
+    assert "llama_h128" not in text.split("### Table 1 at reduced scale")[0]  # not a generic Table 1 column
+    row = _row(text, "Table 1 at reduced scale", "Full-Rank (AdamW)")
+    assert row[1] == "55.00 (n=1)†" and row[2] == "0.003 (provisional)" and row[4] == "33.37"
+    assert "Runs in no table cell" not in text
+
+
+def test_committed_tables_are_what_the_script_produces():
+    """results/tables.md is regenerated whenever results change (`make tables`)."""
+    text, _, _ = make_tables.render(["--out", "results/tables.md"])
+    committed = (REPO / "results" / "tables.md").read_text()
+    assert committed == text, ("results/tables.md is stale: run `.venv/bin/python scripts/make_tables.py "
+                               "--out results/tables.md` (make tables) and commit it")
