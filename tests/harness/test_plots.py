@@ -86,3 +86,16 @@ def test_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         plot_curves.main(["--results", str(tmp_path / "missing")])
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_study_runs_stay_out_of_the_paper_figures(tmp_path, capsys):
+    """Runs of a tuning study (config key `study`) draw their own figures (scripts/reduced_table1.py)."""
+    for lr in (0.003, 0.01):
+        write_run(tmp_path, f"reduced_table1/runs/haar-{lr}", "llama_h128", dict(GWT, lr=lr), 2000)
+        result = json.loads((tmp_path / f"reduced_table1/runs/haar-{lr}/result.json").read_text())
+        result["config"]["study"] = {"method": "gwt-haar-L2-a0.25"}
+        (tmp_path / f"reduced_table1/runs/haar-{lr}/result.json").write_text(json.dumps(result))
+    write_run(tmp_path, "pretrain/adam", "llama_h128", {"name": "adamw", "lr": 1e-3}, 3000)
+    assert plot_curves.main(["--results", str(tmp_path), "--figures", "2", "--out", str(tmp_path / "fig")]) == 0
+    assert "figure 2: no two settings to compare" in capsys.readouterr().out
+    assert not (tmp_path / "fig" / "fig2.png").exists()
