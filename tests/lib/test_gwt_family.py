@@ -201,6 +201,10 @@ REGISTRY_CASES = {
     "apollo": dict(rank=0.25, update_proj_gap=2),
     "fira": dict(rank=0.25, update_proj_gap=2),
     "gwt_wrap": dict(inner="sgd", inner_kwargs={"momentum": 0.9}),
+    "apollo_mini": dict(update_proj_gap=2),
+    "adam_mini": {},
+    "muon": {},
+    "adamw8bit": {},
 }
 
 
