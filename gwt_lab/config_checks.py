@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -106,6 +107,16 @@ ANY = None  # a known key whose value is checked elsewhere
 POSITIVE = Int()
 POSITIVE_OR_NULL = Int(null=True)
 FRACTION = Number(0.0, 1.0)
+
+
+def resolve_all(cfg: DictConfig) -> dict:
+    """The resolved config as plain containers; a missing value (``???``) or a broken interpolation
+    becomes a ``ConfigError`` naming its key."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {getattr(err, 'msg', None) or err}".splitlines()[0]) from None
 
 
 def check_value(key: str, value, kind) -> None:

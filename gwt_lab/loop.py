@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from gwt.memory import optimizer_state_bytes
 from gwt.optim import build_optimizer, optimizer_options
 from gwt_lab.config_checks import (FRACTION, POSITIVE, ConfigError, Flag, Int, Number, OneOf, Text, check_section,
-                                   check_optimizer_values, check_resume_config, check_top_level)
+                                   check_optimizer_values, check_resume_config, check_top_level, resolve_all)
 from gwt_lab.models import count_parameters
 from gwt_lab.train import (SCHEDULE_NAMES, CheckpointManager, MetricsLogger, StopSignal, build_scheduler,
                            check_output_dir, git_commit, latest_checkpoint, peak_memory_bytes, progress_bar,
@@ -175,6 +175,7 @@ class Task:
 
 def check_config(cfg: DictConfig, task: Task) -> None:
     """Types, ranges and key names of the whole config; raises ``ConfigError`` (nothing is built yet)."""
+    resolve_all(cfg)
     check_top_level(cfg, {**TOP_LEVEL, "precision": OneOf(tuple(task.precisions))})
     check_section(cfg, "logger", {"name": OneOf(LOGGERS), "mode": None, "project": None, "entity": None,
                                   "group": None, "tags": None})

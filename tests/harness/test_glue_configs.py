@@ -55,3 +55,16 @@ def test_table_a3_sweep_presets_cover_the_grid():
         paper = [float(lr) for lr, r in rows.items()
                  if lr[0].isdigit() and r[PAPER_COLUMNS[tasks[0]]].strip()]
         assert grid == paper
+
+
+@pytest.mark.parametrize("task", sorted(PAPER_COLUMNS))
+def test_every_task_and_optimizer_passes_the_loops_config_check(task):
+    """Config files can add keys Hydra does not question; the loop's check (gwt_lab.loop.check_config)
+    must accept every shipped task x optimizer x model combination."""
+    import finetune_glue
+    from gwt_lab.loop import check_config
+
+    for optimizer in ("gwt", "galore", "adamw"):
+        for model in ("roberta_base", "roberta_tiny", "minilm_l6"):
+            cfg = compose_glue(f"task={task}", f"optimizer={optimizer}", f"model={model}")
+            assert check_config(cfg, finetune_glue.GlueFinetuning(cfg)) is None, (task, optimizer, model)

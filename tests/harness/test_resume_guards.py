@@ -120,6 +120,8 @@ BAD_VALUES = [
     (pretrain, "+model.hidden_sise=8", "model.hidden_sise is not a config key; did you mean model.hidden_size?"),
     (pretrain, "optimizer.lr=abc", "optimizer.lr='abc' must be a number >= 0"),
     (pretrain, "seed=x", "seed='x' must be an integer >= 0"),
+    (pretrain, "trainer.max_steps=???", "trainer.max_steps: Missing mandatory value"),
+    (finetune, "model=llama_tiny", "tokenizer: Interpolation key 'model.tokenizer' not found"),
     (finetune, "+trainer.eval_evry=1", "trainer.eval_evry is not a config key; did you mean trainer.eval_every?"),
     (finetune, "optimizer.lr=abc", "optimizer.lr='abc' must be a number >= 0"),
     (finetune, "trainer.grad_clip=-2", "trainer.grad_clip=-2 must be a number >= 0"),

@@ -50,3 +50,20 @@ def test_every_config_group_option_composes():
                 continue
             cfg = compose_cfg([f"{group}={path.stem}"], base=[])
             assert cfg[group].name == path.stem
+
+
+def test_every_experiment_and_group_option_passes_the_loops_config_check():
+    """Hydra accepts a key that a config file adds (e.g. a misspelt `trainer.eval_evry` in an experiment);
+    the loop's check (gwt_lab.loop.check_config) must find none in the shipped files."""
+    import train_llama
+    from gwt_lab.loop import check_config
+
+    runs = [[f"experiment={name}"] for name in EXPERIMENTS if _train_llama_experiment(name)
+            and "???" not in (CONFIGS / "experiment" / f"{name}.yaml").read_text()]  # bases of other experiments
+    runs += [[f"optimizer={name}"] for name in OPTIMIZERS]
+    runs += [[f"{group}={p.stem}"] for group in ("data", "logger") for p in sorted((CONFIGS / group).glob("*.yaml"))]
+    runs += [[f"model={p.stem}"] for p in sorted((CONFIGS / "model").glob("*.yaml")) if "/model: " not in p.read_text()
+             and p.stem.startswith(("llama", "qwen"))]
+    for overrides in runs:
+        cfg = compose_cfg(overrides, base=[])
+        assert check_config(cfg, train_llama.Pretraining(cfg)) is None, overrides
