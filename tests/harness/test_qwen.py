@@ -37,3 +37,23 @@ def test_qwen_tiny_trains_with_gwt(tmp_path):
     metrics = result["metrics"]
     n_params = sum(p.numel() for p in model.parameters())
     assert 0 < metrics["optimizer_state_bytes"] < 8 * n_params and metrics["eval_ppl"] > 1
+
+
+def test_missing_qwen_tokenizer_offline_is_one_clear_error(tmp_path):
+    """Offline, without a local copy of the Qwen2.5 tokenizer: exit status 2 before any work, one
+    line naming the tokenizer, nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, TINY
+
+    out = tmp_path / "run"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GWT_TOKENIZER_DIR=str(tmp_path / "none"))
+    overrides = [o for o in TINY if not o.startswith(("model=", "tokenizer=", "model.vocab_size"))]
+    proc = subprocess.run([sys.executable, str(ROOT / "train_llama.py"), *overrides, "model=qwen2_5_tiny",
+                           f"output_dir={out}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "tokenizer='Qwen/Qwen2.5-0.5B' could not be loaded" in errors[0]
+    assert not out.exists()
