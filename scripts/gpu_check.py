@@ -43,8 +43,11 @@ PHASES = ("tests", "bench", "train", "glue")
 BUDGETS = {"tests": 70, "bench": 120, "train": 220, "glue": 60}
 #: Pre-training runs compared at one micro-batch: name -> train_llama.py overrides.
 TRAIN_METHODS = {"adamw": ["optimizer=adamw"], "gwt_haar2": ["method=haar2"], "galore_1_4": ["method=galore_1_4"]}
-#: Benchmark methods: these names, each also on every backend the benchmark offers (``name@backend``).
+#: Benchmark methods: these names, each also on every backend of the check's list that the
+#: benchmark offers (``name@backend``); ``compile`` (a torch.compile per shape and level, tens of
+#: seconds each) only for the names in COMPILE_BASES, to stay within the phase's budget.
 BENCH_BASES = ("adamw_fused", "gwt_haar1", "gwt_haar2", "gwt_haar7", "gwt_db2_2", "galore", "apollo")
+COMPILE_BASES = ("gwt_haar2",)
 
 # Sizes: a GPU check and its CPU dry run differ only here.
 FULL = dict(
@@ -191,20 +194,31 @@ class Check:
         chosen = []
         for name in names:
             base, _, backend = name.partition("@")
-            if base in BENCH_BASES and (not backend or backend in self.cfg["bench_backends"]):
+            if base in BENCH_BASES and (not backend or backend in self.cfg["bench_backends"]) and \
+                    (backend != "compile" or base in COMPILE_BASES):
                 chosen.append(name)
         return chosen
 
     def bench(self, deadline: float) -> dict:
+        """One benchmark process per model size (a size that runs out of time loses only itself)."""
         methods = self.bench_methods()
-        out = self.out / "bench" / "bench_optimizer.md"
-        cmd = [sys.executable, "scripts/bench_optimizer.py", "--device", self.cfg["device"], "--sizes",
-               *self.cfg["bench_sizes"], "--rounds", str(self.cfg["bench_rounds"]), "--warmup", "2", "--methods",
-               *methods, "--out", str(out)]
-        run = run_logged(cmd, self.out / "logs" / "bench.log", deadline - time.monotonic(), self.env)
-        rows = json.loads(out.with_suffix(".json").read_text())["rows"] if run["status"] == "ok" else []
-        return {"status": run["status"] if rows or run["status"] != "ok" else "failed", "methods": methods,
-                "rows": rows, "rc": run["rc"], "tail": run["tail"][-800:] if run["status"] != "ok" else ""}
+        sizes = self.cfg["bench_sizes"]
+        rows, runs = [], {}
+        for i, size in enumerate(sizes):
+            out = self.out / "bench" / f"bench_optimizer_{size}.md"
+            cmd = [sys.executable, "scripts/bench_optimizer.py", "--device", self.cfg["device"], "--sizes", size,
+                   "--rounds", str(self.cfg["bench_rounds"]), "--warmup", "2", "--methods", *methods, "--out", str(out)]
+            left = (deadline - time.monotonic()) / (len(sizes) - i)
+            run = run_logged(cmd, self.out / "logs" / f"bench_{size}.log", left, self.env)
+            found = json.loads(out.with_suffix(".json").read_text())["rows"] if run["status"] == "ok" else []
+            rows += found
+            runs[size] = {"status": run["status"] if found or run["status"] != "ok" else "failed", "rc": run["rc"]}
+            if runs[size]["status"] != "ok":
+                runs[size]["tail"] = run["tail"][-800:]
+        status = "ok" if all(r["status"] == "ok" for r in runs.values()) else \
+            next(r["status"] for r in runs.values() if r["status"] != "ok")
+        tails = "\n".join(r["tail"] for r in runs.values() if "tail" in r)
+        return {"status": status, "methods": methods, "rows": rows, "runs": runs, "tail": tails}
 
     # -- (c) pre-training ----------------------------------------------------------------------
 
