@@ -118,7 +118,7 @@ def haar_reconstruct(
     if detail_scale is not None:
         detail = detail / detail_scale.unsqueeze(-1)
     out = detail + coarse.unsqueeze(-1) * (2.0 ** (-level / 2))
-    return out.reshape(g.shape[0], -1)[:, :n]
+    return out.reshape(g.shape[0], g3.shape[1] * g3.shape[2])[:, :n]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ def haar_apply(param, grad, offset, slope, scale, decay, level: int):
     """Pass 2 of GWT-Haar: ``W = (W - scale * (offset + slope * G)) * (1 - lr * wd)`` blockwise."""
     rows, n = param.shape
     g3 = haar_blocks(grad.to(offset.dtype), level)  # (m, k, B)
-    update = (offset.unsqueeze(-1) + slope.unsqueeze(-1) * g3).reshape(rows, -1)[:, :n]
+    update = (offset.unsqueeze(-1) + slope.unsqueeze(-1) * g3).reshape(rows, g3.shape[1] * g3.shape[2])[:, :n]
     new_param = param.to(offset.dtype) - scale * update
     param.copy_(new_param - decay * new_param)
 

@@ -182,8 +182,6 @@ def _haar_step(params, grads, exp_avgs, exp_avg_sqs, prev_norms, level, beta1, b
     state_shape = haar_state_shape(params[0].shape if params else (0, 0), level)
     _check_matrices(kernel, params, grads, exp_avgs, exp_avg_sqs, prev_norms, state_shape)
     rows, n = params[0].shape
-    if rows == 0:
-        return
     tables = [_addresses(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
     prev_table = _addresses(prev_norms) if prev_norms else None
     failed = library().gwt_haar_step(
@@ -343,8 +341,6 @@ def _dwt_step(params, grads, exp_avgs, exp_avg_sqs, prev_norms, wavelet, level, 
     rows, n = params[0].shape
     the_plan = plan(n, wavelet, level)
     _check_matrices(kernel, params, grads, exp_avgs, exp_avg_sqs, prev_norms, the_plan.state_shape(rows))
-    if rows == 0:
-        return
     norms_sq = the_plan.pass1(grads, exp_avgs, exp_avg_sqs, beta1, beta2, eps)
     if prev_norms:
         norms = norms_sq.sqrt()
