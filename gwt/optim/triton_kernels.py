@@ -75,7 +75,7 @@ def _limiter(sums, c, step_ptr, alpha, gamma, LIMIT: tl.constexpr):
     """``step_size * alpha / lam`` of matrix ``c`` and its limited norm (``sums[2c]``: the squared
     norm of this step, ``sums[2c + 1]``: the previous limited norm, copied there by pass 1)."""
     scale = tl.load(step_ptr).to(tl.float32) * alpha
-    norm = 0.0
+    norm = scale * 0.0  # a tensor in both branches
     if LIMIT:
         norm = tl.sqrt(tl.load(sums + 2 * c))
         prev = tl.load(sums + 2 * c + 1)
