@@ -203,7 +203,7 @@ class CheckedDocuments:
     def _fail(self, problem: str):
         if self.src.source == "local":
             check_local_shards(self.src, self.split, max_lines=None)  # raises naming file and line
-        raise DataError(f"{self.description}: {problem} (data.text_key={self.src.text_key!r})")
+        raise DataError(f"{self.description}: {problem}")
 
     def __iter__(self):
         key = self.src.text_key
@@ -218,7 +218,8 @@ class CheckedDocuments:
             except Exception as err:  # datasets/pyarrow/gzip errors do not name the file
                 self._fail(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
             if not isinstance(doc.get(key), str):
-                self._fail(f"a record has no string {key!r} field; its fields are {sorted(doc)[:10]}")
+                self._fail(f"a record has no string {key!r} field (data.text_key={key!r}); its fields are "
+                           f"{sorted(doc)[:10]}")
             yield doc
 
 
