@@ -2,24 +2,30 @@
 YAML in configs/optimizer, steps a tiny LLaMA, and continues identically after a checkpoint round trip
 (state_dict -> torch.save -> torch.load(weights_only=True) -> load_state_dict)."""
 import copy
+import functools
 
 import pytest
 import torch
-import yaml
 
 from gwt.memory import optimizer_state_bytes
 from gwt.optim import build_optimizer
 from gwt.optim.registry import MuonAdamW
-from tests.helpers import CONFIGS, lm_loss
+from tests.helpers import compose_cfg, lm_loss
 
 pytest.importorskip("apollo_torch")
 pytest.importorskip("adam_mini")
 
 
+@functools.cache
+def _preset(name: str) -> dict:
+    """configs/optimizer/<name>.yaml as composed by Hydra (presets may inherit from others)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(compose_cfg([f"optimizer={name}"], base=[]).optimizer, resolve=True)
+
+
 def yaml_options(name: str, **overrides) -> dict:
-    options = yaml.safe_load((CONFIGS / "optimizer" / f"{name}.yaml").read_text())
-    options.update(overrides)
-    return options
+    return {**_preset(name), **overrides}
 
 
 def train_steps(model, optimizer, steps: int, seed: int = 0):
