@@ -169,3 +169,26 @@ def test_empty_documents_give_errors_not_zero_token_runs(tok):
         eval_batches([{"text": ""}, {"text": ""}], tok, seq_len=8, batch_size=2, max_tokens=100)
     with pytest.raises(DataError, match=r"no string 'text' field \(data\.text_key='text'\); its fields are \['body'\]"):
         TokenStream(lambda epoch: [{"body": "hello"}], tok, seq_len=8).next_batch(1)
+
+
+def test_stream_errors_of_a_hub_source_name_the_dataset():
+    from gwt_lab.data.lm import CheckedDocuments
+
+    class Broken:
+        def __iter__(self):
+            yield {"text": "fine"}
+            yield {"body": "no text"}
+
+    docs = iter(CheckedDocuments(Broken(), TextSource(source="hub", path="allenai/c4"), "train"))
+    assert next(docs) == {"text": "fine"}
+    with pytest.raises(DataError, match=r"^the train split of data\.path='allenai/c4': a record has no string 'text' "
+                                        r"field \(data\.text_key='text'\); its fields are \['body'\]$"):
+        next(docs)
+    docs = iter(CheckedDocuments(_raising(), TextSource(source="hub"), "validation"))
+    with pytest.raises(DataError, match=r"^the validation split of data\.path='allenai/c4': RuntimeError: connection reset$"):
+        list(docs)
+
+
+def _raising():
+    yield {"text": "ok"}
+    raise RuntimeError("connection reset")
