@@ -447,6 +447,7 @@ def render_markdown(data: dict) -> str:
         lines += ["", f"## Pre-training: {p['steps']} steps at micro-batch {p['micro_batch']} x {p['seq_len']} tokens",
                   "", "| method | tokens/s (steady) | x AdamW | tokens/s (whole run) | peak GiB | optimizer state MiB "
                   "| train loss | eval loss | largest micro-batch |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        kinds = sorted({r["peak_memory_kind"] for r in p["runs"].values() if r.get("peak_memory_kind")})
         for name, r in p["runs"].items():
             s = search.get(name, {})
             largest = (f"≥{s['max_micro_batch']} (cap)" if s.get("capped") else _fmt(s.get("max_micro_batch"), "d")) \
@@ -456,6 +457,9 @@ def render_markdown(data: dict) -> str:
                          f"{_fmt(r.get('tokens_per_s_vs_adamw'))} | {_fmt(r.get('train_tokens_per_s'), ',.0f')} | "
                          f"{_fmt(r.get('peak_memory_gib'))} | {_fmt(state / 2**20 if state else None, '.1f')} | "
                          f"{_fmt(r.get('final_train_loss'), '.4f')} | {_fmt(r.get('eval_loss'), '.4f')} | {largest} |")
+        lines += ["", f"Peak memory as train_llama.py measures it: {', '.join(kinds) or '—'}; tokens/s (steady): "
+                  "median over the logged steps after the first quarter; the largest micro-batch: short training "
+                  "steps on random tokens, doubling then bisecting."]
     if "glue" in phases:
         p = phases["glue"]
         lines += ["", "## GLUE fine-tuning check", "",
