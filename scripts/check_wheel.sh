@@ -31,11 +31,14 @@ py="$work/venv/bin/python"
 pip() {  # quiet pip; drops the notes about configured local index folders that lack a package
   { "$py" -m pip -q "$@" 2>&1; } | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 }
-pip install "$TORCH"    # first, so that the wheel's torch requirement is already met
+pip_install() {  # --no-compile: byte-compiling torch's files would double the install time
+  pip install --no-compile "$@"
+}
+pip_install "$TORCH"    # first, so that the wheel's torch requirement is already met
 pip wheel --no-deps -w "$work/dist" "$work/src"
 wheel=$(ls "$work"/dist/gwt_optim-*.whl)
 echo "== built in $((SECONDS - start)) s: $(basename "$wheel")"
-pip install "$wheel"     # core dependencies only: no extras
+pip_install "$wheel"     # core dependencies only: no extras
 "$py" -m pip list --format=freeze | grep -iE '^(torch|numpy|pywavelets|ptwt|gwt-optim)==' | tr '\n' ' '
 echo "(installed in $((SECONDS - start)) s)"
 

@@ -27,7 +27,8 @@ def check(ok: bool, what: str) -> None:
 
 
 def step_once(wavelet: str):
-    """Two GWT-AdamW steps on a fp32 CPU matrix; returns the parameter and the warnings raised."""
+    """Two GWT-AdamW steps on a fp32 CPU matrix; returns the code that ran them
+    (``GWTAdamW.step_backends()``, e.g. ``{"haar@cpu": 1}``) and the warnings raised."""
     import torch
 
     from gwt import GWTAdamW
@@ -43,7 +44,7 @@ def step_once(wavelet: str):
             opt.step()
     check(bool((w.detach() != start).any()) and bool(torch.isfinite(w).all()),
           f"{wavelet} step changed the weights, all finite")
-    return w, caught
+    return opt.step_backends(), caught
 
 
 def main(mode: str) -> None:
@@ -60,15 +61,17 @@ def main(mode: str) -> None:
     check(not any(cache.iterdir()), f"kernel build cache {cache} starts empty")
 
     if mode == "kernel":
-        for wavelet in ("haar", "db2"):
-            _, caught = step_once(wavelet)
+        for wavelet, kind in (("haar", "haar"), ("db2", "dwt")):
+            ran, caught = step_once(wavelet)
             check(not [w for w in caught if "kernel" in str(w.message).lower()],
                   f"{wavelet}: no kernel warning")
+            check(ran == {f"{kind}@cpu": 1}, f"{wavelet}: the step ran on the C kernel: {ran}")
         check(cpu_kernel.library() is not None, f"C kernel loaded (failure: {cpu_kernel.failure()})")
         built = sorted(p.name for p in cache.glob("*.so"))
         check(len(built) == 1, f"C kernel built from the installed sources into the empty cache: {built}")
     elif mode == "nokernel":
-        _, caught = step_once("haar")
+        ran, caught = step_once("haar")
+        check(ran == {"haar@torch": 1}, f"the step ran on the torch code: {ran}")
         check(cpu_kernel.library() is None, f"no kernel without a compiler (failure: {cpu_kernel.failure()})")
         check(not list(cache.glob("*.so")), "nothing built")
         messages = [str(w.message) for w in caught]
