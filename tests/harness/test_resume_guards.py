@@ -3,8 +3,6 @@ checkpoint was written with, checkpoints hold only finite values, a run stopped 
 checkpoint and result.json finishes on resume, bad config values fail in one line before any
 file is written, and the shared behaviour (gradient clipping, `command`, `tokenizer=`) holds in
 both entrypoints."""
-import json
-
 import pytest
 import torch
 
@@ -172,13 +170,15 @@ def test_gradient_clipping_and_command_in_both_entrypoints(tmp_path):
 def test_glue_tokenizer_key_and_the_model_files_spelling(tmp_path):
     """`tokenizer=` selects the tokenizer in finetune_glue.py as in train_llama.py; `model.tokenizer=`
     (the model file's key) still works, and the top-level key follows it."""
-    cfg = compose_glue_cfg(*GLUE_TINY, "tokenizer=/some/folder")
-    assert cfg.tokenizer == "/some/folder"
-    cfg = compose_glue_cfg(*GLUE_TINY, "model.tokenizer=/other/folder")
-    assert cfg.tokenizer == "/other/folder"
-    folder = compose_glue_cfg(*GLUE_TINY).model.tokenizer
-    m = finetune(tmp_path / "run", f"tokenizer={folder}", "trainer.max_steps=1")
-    assert m["steps"] == 1 and json.loads((tmp_path / "run" / "result.json").read_text())["config"]["tokenizer"] == folder
+    assert compose_glue_cfg(*GLUE_TINY, "model.tokenizer=/other/folder").tokenizer == "/other/folder"
+    roberta = compose_glue_cfg(*GLUE_TINY).model.tokenizer
+    t5 = roberta.replace("roberta-base", "t5-base")  # the T5 folder next to it: other ids, other lengths
+    seen = {}
+    for name, folder in (("roberta", roberta), ("t5", t5)):
+        finetune(tmp_path / name, f"tokenizer={folder}", "trainer.max_steps=1")
+        seen[name] = read_metrics(tmp_path / name / "metrics.jsonl")[0]["tokens_seen"]
+        assert read_result(tmp_path / name)["config"]["tokenizer"] == folder
+    assert seen["roberta"] != seen["t5"]
 
 
 def test_a_live_run_folder_is_refused(tmp_path, capsys):
