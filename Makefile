@@ -9,7 +9,7 @@ export GWT_TOKENIZER_DIR ?= $(abspath ../shared/tokenizers)
 .PHONY: help setup test test-fast wheel-check demo bench tables slurm-test gpu-check
 
 help:
-	@echo "make setup   - virtual environment in $(VENV) with CPU torch 2.13.0 and the project (editable, all extras)"
+	@echo "make setup   - virtual environment in $(VENV) with $(TORCH) (CPU build here) and the project (editable, extra dev)"
 	@echo "make test    - the whole test suite (CPU), as CI runs it"
 	@echo "make wheel-check - build the gwt-optim wheel, install it with core dependencies only in a fresh venv, smoke-test it"
 	@echo "make demo    - short GWT pre-training on local C4 data, prints validation perplexity"
