@@ -91,6 +91,9 @@ def read_meta(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{file} is unreadable ({type(err).__name__}: {err})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("step"), int) or meta["step"] < 0:
         raise CheckpointError(f"{file} has no non-negative integer 'step'")
+    world_size = meta.get("world_size", 1)
+    if not isinstance(world_size, int) or not 1 <= world_size <= 1 << 20:
+        raise CheckpointError(f"{file}: 'world_size' must be a positive integer, not {world_size!r}")
     files = meta.get("files")
     if files is not None and not (isinstance(files, dict) and all(
             isinstance(k, str) and "/" not in k and k.endswith(".pt") and isinstance(v, int) for k, v in files.items())):
@@ -148,7 +151,11 @@ def safe_load(path: str | os.PathLike):
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "weights only" in str(err).lower() or "weights_only" in str(err):
-            detail = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line), first)
+            reasons = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line or "Unpickler error" in line]
+            detail = reasons[0] if reasons else "refused by torch.load(weights_only=True)"
+            # keep torch's reason, not its advice to allow-list the class or to load without weights_only
+            detail = detail.replace("WeightsUnpickler error: ", "").split(" was not an allowed global")[0]
+            detail = detail.split(". Please")[0].rstrip(".")
             raise UnsafeCheckpointError(
                 f"{path} holds objects that are not plain tensors/numbers ({detail}); it was not loaded. It was "
                 "not written by this program or was altered: delete that checkpoint folder to resume from an "
