@@ -234,7 +234,12 @@ def open_documents(src: TextSource, split: str, shuffle_seed: int | None, shuffl
     if src.source == "hub":
         ds = datasets.load_dataset(src.path, src.config_name, split=split, streaming=True)
     else:
-        ds = datasets.load_dataset("json", data_files=local_files(src, split), split="train", streaming=True)
+        try:  # reads the first chunk of the first shard to infer the columns
+            ds = datasets.load_dataset("json", data_files=local_files(src, split), split="train", streaming=True)
+        except Exception as err:  # datasets/pyarrow/gzip errors do not name the file: find it
+            check_local_shards(src, split, max_lines=None)
+            raise DataError(f"{_describe(src, split)} cannot be opened ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''})") from None
     if shuffle_seed is not None:
         ds = ds.shuffle(seed=int(shuffle_seed), buffer_size=int(shuffle_buffer))
     if world_size > 1:

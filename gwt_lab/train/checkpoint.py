@@ -116,7 +116,7 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     for name, size in files.items():
         file = path / name
         if not file.is_file():
-            return f"{file} is missing"
+            return f"{file} is missing" if not os.path.lexists(file) else f"{file} is not a regular file"
         actual = file.stat().st_size
         if actual == 0:
             return f"{file} is empty"

@@ -192,3 +192,14 @@ def test_stream_errors_of_a_hub_source_name_the_dataset():
 def _raising():
     yield {"text": "ok"}
     raise RuntimeError("connection reset")
+
+
+def test_truncated_gzip_shard_names_the_file(tmp_path):
+    lines = [json.dumps({"text": f"document {i} " * 20}) for i in range(3000)]
+    src = _shards(tmp_path / "data", train_lines=lines)
+    shard = tmp_path / "data" / "c4-train.00000-of-00001.json.gz"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) * 2 // 3])  # a copy that stopped early
+    check_source(src)  # the first records are intact
+    with pytest.raises(DataError, match=r"c4-train\.00000-of-00001\.json\.gz cannot be read \(EOFError"):
+        epoch_documents(src, "train", 42, 1000)
