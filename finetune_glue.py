@@ -177,10 +177,5 @@ def run(cfg: DictConfig) -> dict | None:
     return run_training(cfg, GlueFinetuning(cfg))
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="finetune_glue")
-def main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
 if __name__ == "__main__":
-    main()
+    hydra.main(version_base="1.3", config_path="configs", config_name="finetune_glue")(run)()

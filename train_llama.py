@@ -36,7 +36,7 @@ class Pretraining(Task):
     name = "train"
     precisions = {"bf16": "bf16", "pure_bf16": "no", "fp32": "no"}  # precision -> Accelerate mixed_precision
     trainer_keys = {"max_steps": POSITIVE, "micro_batch_size": POSITIVE, "seq_len": POSITIVE,
-                    "warmup_ratio": FRACTION, "eval_every": POSITIVE, "eval_tokens": POSITIVE,
+                    "warmup_ratio": FRACTION, "min_lr_ratio": FRACTION, "eval_every": POSITIVE, "eval_tokens": POSITIVE,
                     "eval_batch_size": POSITIVE_OR_NULL, "checkpoint_every": Int(0)}
     data_keys = {**{key: Text(null=True) for key in TextSource.__dataclass_fields__}, "name": Text(),
                  "pack": Flag(), "shuffle_seed": Int(0, null=True), "shuffle_buffer": POSITIVE}
@@ -140,10 +140,5 @@ def train(cfg: DictConfig) -> dict | None:
     return run_training(cfg, Pretraining(cfg))
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="train_llama")
-def main(cfg: DictConfig) -> None:
-    train(cfg)
-
-
 if __name__ == "__main__":
-    main()
+    hydra.main(version_base="1.3", config_path="configs", config_name="train_llama")(train)()

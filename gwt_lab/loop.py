@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gwt.memory import optimizer_state_bytes
 from gwt.optim import build_optimizer, optimizer_options
-from gwt_lab.config_checks import (FRACTION, POSITIVE, ConfigError, Flag, Int, Number, OneOf, Text, check_section,
+from gwt_lab.config_checks import (POSITIVE, ConfigError, Flag, Int, Number, OneOf, Text, check_section,
                                    check_optimizer_values, check_resume_config, check_top_level, resolve_all)
 from gwt_lab.models import count_parameters
 from gwt_lab.train import (SCHEDULE_NAMES, CheckpointManager, MetricsLogger, StopSignal, build_scheduler,
@@ -59,7 +59,7 @@ MAY_CHANGE_ON_RESUME = ("output_dir", "resume", "run_name", "logger", "paths", "
 # trainer keys every task has (a task adds its own in ``Task.trainer_keys``)
 TRAINER_KEYS = {"total_batch_size": POSITIVE, "scheduler": OneOf(SCHEDULE_NAMES), "grad_clip": Number(0.0),
                 "log_every": POSITIVE, "keep_last_checkpoints": POSITIVE, "checkpoint_every": Int(0, null=True),
-                "eval_every": Int(null=True), "warmup_steps": Int(0, null=True), "min_lr_ratio": FRACTION}
+                "eval_every": Int(null=True), "warmup_steps": Int(0, null=True)}
 TOP_LEVEL = {"seed": Int(0), "resume": Flag(), "cpu": Flag(), "compile": Flag(), "tokenizer": Text(null=True),
              "output_dir": Text(), "run_name": Text()}
 
