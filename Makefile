@@ -12,7 +12,7 @@ help:
 	@echo "make setup   - virtual environment in $(VENV) with $(TORCH) (CPU build here) and the project (editable, extra dev)"
 	@echo "make test    - the whole test suite (CPU), as CI runs it"
 	@echo "make wheel-check - build the gwt-optim wheel, install it with core dependencies only in a fresh venv, smoke-test it"
-	@echo "make demo    - short GWT pre-training on local C4 data, prints validation perplexity"
+	@echo "make demo    - GWT and AdamW pre-train side by side on local C4 data: perplexity, state memory, tokens/s, loss-curve PNG"
 	@echo "make bench   - optimizer step-time benchmark (scripts/bench_optimizer.py)"
 	@echo "make gpu-check - on a GPU machine, ~8 min: gpu tests, benchmark, pre-training and GLUE checks -> results/gpu/"
 	@echo "make tables  - results/tables.md and results/figures/ from results/**/result.json"
@@ -37,7 +37,7 @@ wheel-check:
 	TORCH="$(TORCH)" scripts/check_wheel.sh
 
 demo: setup
-	$(PY) train_llama.py experiment=demo
+	$(PY) scripts/demo.py
 
 bench: setup
 	$(PY) scripts/bench_optimizer.py
