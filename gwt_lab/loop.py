@@ -97,8 +97,10 @@ def finite_weights_and_state(model: torch.nn.Module, optimizer: torch.optim.Opti
     tensors = [t for t in tensors if t.numel()]
     if not tensors:
         return True
-    norms = torch._foreach_norm(tensors, math.inf)
-    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+    by_device: dict = {}
+    for norm in torch._foreach_norm(tensors, math.inf):
+        by_device.setdefault(norm.device, []).append(norm.float())
+    return all(bool(torch.isfinite(torch.stack(norms)).all()) for norms in by_device.values())
 
 
 class Task:

@@ -191,3 +191,32 @@ def test_a_live_run_folder_is_refused(tmp_path, capsys):
         assert exit_code(pretrain, out, "trainer.max_steps=2", "resume=true") == 2
         assert "in use by another run" in capsys.readouterr().err
         assert {k: v for k, v in snapshot(out).items() if k.name != ".run.lock"} == before
+
+
+def test_config_changes_outside_the_allow_list():
+    from gwt_lab.config_checks import config_changes
+
+    old = {"a": 1, "logger": {"mode": "offline"}, "loggerx": 1, "t": {"x": [1, 2], "y": 0}}
+    new = {"a": 2, "logger": {"mode": "online", "tags": ["b"]}, "loggerx": 2, "t": {"x": [1, 3], "y": 0}, "n": 5}
+    assert config_changes(old, new, ["logger"]) == ["a: 1 -> 2", "loggerx: 1 -> 2", "n: (absent) -> 5",
+                                                    "t.x: [1, 2] -> [1, 3]"]
+    assert config_changes(old, old, []) == []
+
+
+def test_finite_check_sees_every_weight_and_state_tensor():
+    from gwt_lab.loop import finite_weights_and_state
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2).to(torch.bfloat16))
+    optimizer = torch.optim.AdamW(model.parameters())
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert finite_weights_and_state(model, optimizer)
+    model[1].bias.data[0] = 3e38  # large but finite: a max-abs check, no overflowing sum of squares
+    assert finite_weights_and_state(model, optimizer)
+    for bad in (float("nan"), float("inf")):
+        optimizer.state[model[0].weight]["exp_avg_sq"][1, 2] = bad
+        assert not finite_weights_and_state(model, optimizer)
+    optimizer.state[model[0].weight]["exp_avg_sq"][1, 2] = 0.0
+    model[1].weight.data[0, 0] = float("-inf")
+    assert not finite_weights_and_state(model, optimizer)
