@@ -172,7 +172,7 @@ class _Route:
     def __init__(self, kind: str, backend: str):
         self.kind, self.backend, self.method = kind, backend, STEPS[backend][kind]
         self.kernel = backend in _KERNEL_DTYPES and self.method != "_ptwt"  # checks the gradient each step
-        self.any_shape = kind == "adam" and backend == "cpu"  # one call for every shape
+        self.any_shape = kind == "adam" and backend in ("cpu", "triton")  # one call for every shape
         self.chunk = GROUP_CHUNK if backend in ("torch", "compile") else None
 
 

@@ -125,16 +125,23 @@ def _addresses(tensors) -> torch.Tensor:
 _F32 = torch.float32
 
 
+def _fits(t: torch.Tensor, shape) -> bool:
+    return t.dtype is _F32 and t.is_cpu and t.shape == shape and t.is_contiguous()
+
+
+def _refuse(kernel: str, what: str, t: torch.Tensor, shape) -> None:
+    layout = "contiguous" if t.is_contiguous() else "non-contiguous"
+    raise ValueError(f"{kernel}: {what} is a {layout} {t.dtype} tensor of shape {tuple(t.shape)} on {t.device}; "
+                     f"the kernel needs a contiguous torch.float32 CPU tensor of shape {tuple(shape)}")
+
+
 def _check(kernel: str, what: str, tensors, shape, count: int) -> None:
     """Each of ``tensors`` (``count`` of them) is a contiguous fp32 CPU tensor of ``shape``."""
     if len(tensors) != count:
         raise ValueError(f"{kernel}: {count} parameters but {len(tensors)} {what}")
     for i, t in enumerate(tensors):
-        if t.dtype != _F32 or t.device.type != "cpu" or t.shape != shape or not t.is_contiguous():
-            layout = "contiguous" if t.is_contiguous() else "non-contiguous"
-            raise ValueError(f"{kernel}: {what}[{i}] is a {layout} {t.dtype} tensor of shape {tuple(t.shape)} on "
-                             f"{t.device}; the kernel needs a contiguous torch.float32 CPU tensor of shape "
-                             f"{tuple(shape)}")
+        if not _fits(t, shape):
+            _refuse(kernel, f"{what}[{i}]", t, shape)
 
 
 def _check_matrices(kernel: str, params, grads, exp_avgs, exp_avg_sqs, prev_norms, state_shape) -> None:
@@ -232,8 +239,11 @@ def _adam_step(params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, eps, step_siz
         if len(tensors) != count:
             raise ValueError(f"{kernel}: {count} parameters but {len(tensors)} {name}")
     for i, p in enumerate(params):
-        _check(kernel, f"params[{i}], grads[{i}], exp_avgs[{i}] or exp_avg_sqs",
-               (p, grads[i], exp_avgs[i], exp_avg_sqs[i]), p.shape, 4)
+        shape = p.shape
+        for what, t in (("params", p), ("grads", grads[i]), ("exp_avgs", exp_avgs[i]),
+                        ("exp_avg_sqs", exp_avg_sqs[i])):
+            if not _fits(t, shape):
+                _refuse(kernel, f"{what}[{i}]", t, shape)
     if count == 0:
         return
     tables = [_addresses(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
