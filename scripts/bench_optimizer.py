@@ -11,7 +11,11 @@ the refresh step is timed separately (a twin optimizer with gap 1) and amortised
 
     python scripts/bench_optimizer.py                       # CPU, 60m and 130m
     python scripts/bench_optimizer.py --device cuda --out results/bench_optimizer_h100.md
-    python scripts/bench_optimizer.py --sizes 60m --rounds 10 --methods adamw_fused gwt_haar2
+    python scripts/bench_optimizer.py --sizes 60m --rounds 10 --methods adamw_fused gwt_haar2@cpu gwt_haar2@torch
+
+GWT-AdamW methods are named ``gwt_haar<level>@<backend>`` and ``gwt_db2_<level>@<backend>`` for
+every backend that runs on the device (``cpu``, ``torch``, ``compile`` on the CPU; ``triton``,
+``compile``, ``torch`` on CUDA; see the ``backend`` option of GWTAdamW).
 """
 from __future__ import annotations
 
@@ -41,7 +45,17 @@ def target_shapes(size: str) -> list[tuple[int, int]]:
     return per_layer * layers
 
 
-def method_builders(hidden: int, gap: int) -> dict:
+def available_backends(device: torch.device) -> list[str]:
+    """The GWTAdamW backends that can step tensors on ``device`` here."""
+    from gwt.optim import cpu_kernel
+    from gwt.optim.adamw import triton_available
+
+    if device.type == "cpu":
+        return (["cpu"] if cpu_kernel.library() is not None else []) + ["torch", "compile"]
+    return (["triton"] if triton_available() else []) + ["compile", "torch"]
+
+
+def method_builders(hidden: int, gap: int, backends: list[str]) -> dict:
     rank = hidden // 4
 
     def low_rank(module: str, cls: str, **keys):
@@ -57,18 +71,17 @@ def method_builders(hidden: int, gap: int) -> dict:
     builders = {
         "adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True),
         "adamw_foreach": lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True),
-        # The same Haar-2 rule through torch ops only (no C kernel), eager and torch.compile'd.
-        "gwt_haar2_torch_eager": lambda ps: GWTAdamW(ps, lr=1e-3, level=2, compile=False, cpu_kernel=False),
-        "gwt_haar2_torch_compiled": lambda ps: GWTAdamW(ps, lr=1e-3, level=2, compile=True, cpu_kernel=False),
     }
-    # Defaults: the C kernel for fp32 CPU matrices, torch.compile elsewhere (CUDA).
+    # GWT-AdamW through every backend that runs on the device, side by side (method@backend);
+    # for wavelets other than Haar, torch and compile both run ptwt's transform: one entry.
     for level in range(1, 8):
-        builders[f"gwt_haar{level}"] = lambda ps, lv=level: GWTAdamW(ps, lr=1e-3, level=lv, compile=True)
+        for backend in backends:
+            builders[f"gwt_haar{level}@{backend}"] = lambda ps, lv=level, b=backend: GWTAdamW(
+                ps, lr=1e-3, level=lv, backend=b)
     for level in range(1, 4):
-        # db2: the C kernel of gwt/csrc/dwt_cpu.c on fp32 CPU tensors, ptwt's transform elsewhere
-        builders[f"gwt_db2_{level}"] = lambda ps, lv=level: GWTAdamW(ps, lr=1e-3, wavelet="db2", level=lv)
-        builders[f"gwt_db2_{level}_ptwt"] = lambda ps, lv=level: GWTAdamW(ps, lr=1e-3, wavelet="db2", level=lv,
-                                                                         cpu_kernel=False)
+        for backend in (b for b in backends if b != "compile"):
+            builders[f"gwt_db2_{level}@{backend}"] = lambda ps, lv=level, b=backend: GWTAdamW(
+                ps, lr=1e-3, wavelet="db2", level=lv, backend=b)
     builders["galore"] = low_rank("galore_torch", "GaLoreAdamW", scale=0.25)
     builders["apollo"] = low_rank("apollo_torch", "APOLLOAdamW", scale=1.0, scale_type="channel", proj="random")
     builders["fira"] = low_rank("fira", "FiraAdamW", alpha=0.25)
@@ -86,7 +99,7 @@ def bench_size(size: str, device: torch.device, methods: list[str], rounds: int,
     params = [torch.nn.Parameter(torch.randn(s, device=device) * 0.02) for s in shapes]
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
-    builders = method_builders(SIZES[size][0], gap)
+    builders = method_builders(SIZES[size][0], gap, available_backends(device))
     opts, refresh = {}, {}
     for name in methods:
         build = builders[name]
@@ -140,13 +153,14 @@ def main(argv=None):
     parser.add_argument("--out", default=None, help="Markdown file to write (a .json twin is written beside it)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    valid = list(method_builders(512, args.proj_gap))
+    valid = list(method_builders(512, args.proj_gap, available_backends(device)))
     methods = args.methods or valid
     for name in methods:
         if name not in valid:
             parser.error(f"--methods: {name!r} is unknown; valid: {', '.join(valid)}")
-    if args.rounds < 10:
-        parser.error(f"--rounds={args.rounds}: at least 10 timed rounds are needed for a median")
+    if args.rounds < 1 or args.warmup < 0:
+        parser.error(f"--rounds={args.rounds}, --warmup={args.warmup}: valid: rounds >= 1 (10 or more for a "
+                     "reliable median), warmup >= 0")
     rows = []
     for size in args.sizes:
         rows += bench_size(size, device, methods, args.rounds, args.warmup, args.proj_gap)
@@ -154,7 +168,8 @@ def main(argv=None):
     command = "python scripts/bench_optimizer.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [f"Machine: {machine(device)}", f"Command: `{command.strip()}`",
              f"Median of {args.rounds} interleaved steps after {args.warmup} warm-up rounds; "
-             f"projection refresh amortised over {args.proj_gap} steps.", "",
+             f"projection refresh amortised over {args.proj_gap} steps"
+             + (" (fewer than 10 rounds: a smoke run, not a measurement)." if args.rounds < 10 else "."), "",
              "| size | method | step ms | x fused AdamW | state MiB |", "|---|---|---:|---:|---:|"]
     for row in rows:
         ratio = f"{row['vs_fused']:.2f}" if row["vs_fused"] is not None else "—"
