@@ -110,6 +110,14 @@ def failure() -> str | None:
     return _failed
 
 
+def _loaded() -> ctypes.CDLL:
+    """The kernels, or RuntimeError with the build's failure."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"the GWT CPU kernels are not available ({_failed}); valid: backend='torch'")
+    return lib
+
+
 def applies(*tensors: torch.Tensor) -> bool:
     return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in tensors)
 
@@ -191,7 +199,7 @@ def _haar_step(params, grads, exp_avgs, exp_avg_sqs, prev_norms, level, beta1, b
     rows, n = params[0].shape
     tables = [_addresses(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
     prev_table = _addresses(prev_norms) if prev_norms else None
-    failed = library().gwt_haar_step(
+    failed = _loaded().gwt_haar_step(
         len(params), *(t.data_ptr() for t in tables), prev_table.data_ptr() if prev_table is not None else None,
         rows, n, state_shape[-1], 2**level, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps,
         2.0 ** (level / 2), 2.0 ** (-level / 2), step_alpha, gamma or 1.0, decay, torch.get_num_threads())
@@ -248,7 +256,7 @@ def _adam_step(params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, eps, step_siz
         return
     tables = [_addresses(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
     numels = torch.tensor([p.numel() for p in params], dtype=torch.int64)
-    library().gwt_adam(count, *(t.data_ptr() for t in tables), numels.data_ptr(), beta1, beta2, 1.0 - beta1,
+    _loaded().gwt_adam(count, *(t.data_ptr() for t in tables), numels.data_ptr(), beta1, beta2, 1.0 - beta1,
                        1.0 - beta2, eps, step_size, 1.0 - decay, torch.get_num_threads())
 
 
@@ -317,7 +325,7 @@ class DWTPlan:
         """Pass 1 (checked by the caller): moments of A_L in place; returns each ||M / denom||^2 (fp64)."""
         norms_sq = torch.zeros(len(grads), dtype=torch.float64)
         tables = [_addresses(ts) for ts in (grads, exp_avgs, exp_avg_sqs)]
-        failed = library().gwt_dwt_pass1(
+        failed = _loaded().gwt_dwt_pass1(
             len(grads), *(t.data_ptr() for t in tables), grads[0].shape[0], self.lens.data_ptr(), self.level,
             *self.filter_ptrs, self.flen, beta1, beta2, 1.0 - beta1, 1.0 - beta2, eps, norms_sq.data_ptr(),
             torch.get_num_threads())
@@ -328,7 +336,7 @@ class DWTPlan:
     def pass2(self, params, grads, exp_avgs, exp_avg_sqs, eps: float, scales: torch.Tensor, decay: float) -> None:
         """Pass 2 (checked by the caller): W = W - scale_c * synthesis(N, D / denom), then W -= decay * W."""
         tables = [_addresses(ts) for ts in (params, grads, exp_avgs, exp_avg_sqs)]
-        failed = library().gwt_dwt_pass2(
+        failed = _loaded().gwt_dwt_pass2(
             len(params), *(t.data_ptr() for t in tables), params[0].shape[0], self.lens.data_ptr(), self.level,
             *self.filter_ptrs, self.flen, eps, scales.data_ptr(), decay, torch.get_num_threads())
         if failed:

@@ -117,6 +117,9 @@ class GWT(GWTOptimizerBase):
         return {"gwt": super().state_dict(), "inner": self.inner.state_dict()}
 
     def load_state_dict(self, state_dict):
+        if not isinstance(state_dict, dict) or set(state_dict) != {"gwt", "inner"}:
+            raise ValueError("GWT.load_state_dict: expected the dict of GWT.state_dict() (keys 'gwt' and 'inner'), "
+                             f"got keys {sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict)}")
         super().load_state_dict(state_dict["gwt"])
         self.inner.load_state_dict(state_dict["inner"])
 

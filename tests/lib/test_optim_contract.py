@@ -211,6 +211,13 @@ def test_plain_adamw_state_dict_is_refused_clearly():
     assert not opt.state and opt.param_groups[0]["wavelet"] == "haar"  # unchanged
 
 
+def test_wrapper_refuses_a_state_dict_of_another_optimizer():
+    _, adamw = make("adamw@torch")
+    _, wrapper = make("wrapper")
+    with pytest.raises(ValueError, match="expected the dict of GWT.state_dict"):
+        wrapper.load_state_dict(adamw.state_dict())
+
+
 @pytest.mark.parametrize("backend", ADAMW_BACKENDS)
 def test_mismatched_state_shape_raises_before_any_kernel_call(backend, monkeypatch):
     """A state saved for a (256, 64) weight loaded onto a (256, 256) one: an error naming the
