@@ -347,10 +347,10 @@ def paper_value(rows: list[dict], key_column: str, key: str, column: str) -> flo
 
 # ----------------------------------------------------------------------------- like with like
 # Config keys that never make two runs different experiments: the seed (what a mean ± std is taken
-# over), where a run writes and logs, machine-local paths, bookkeeping of the sweep that produced it,
+# over), where a run writes and logs, machine-local paths (``paths.*``, ``data.dir``), bookkeeping of the sweep that produced it,
 # and optimizer keys that pick an implementation of the same update (kernels, fused loops).
 SEED_KEY = "seed"
-IGNORED_CONFIG_KEYS = ("output_dir", "run_name", "resume", "logger", "wandb", "data.dir", "study.lr_point",
+IGNORED_CONFIG_KEYS = ("output_dir", "run_name", "resume", "logger", "wandb", "paths", "data.dir", "study.lr_point",
                        "study.lr_grid", "optimizer.backend", "optimizer.closed_form", "optimizer.compile",
                        "optimizer.fused", "optimizer.foreach")
 

@@ -221,7 +221,8 @@ def test_group_like_ignores_output_paths_and_implementation_keys():
 
     base = pretrain_config(optimizer={"name": "gwt", "lr": 0.01, "backend": "cpu"})
     other_machine = dict(pretrain_config(seed=5, optimizer={"name": "gwt", "lr": 0.01, "backend": "torch"}),
-                         output_dir="/elsewhere", run_name="x", data={"name": "c4_local", "dir": "/mnt/c4"})
+                         output_dir="/elsewhere", run_name="x", data={"name": "c4_local", "dir": "/mnt/c4"},
+                         paths={"data": "/mnt", "tokenizers": "/mnt/tok"})
     other_lr = pretrain_config(optimizer={"name": "gwt", "lr": 0.02, "backend": "cpu"})
     runs = [Run(path=Path(str(i)), config=c, metrics={}, git_commit="") for i, c in
             enumerate((base, other_machine, other_lr))]
