@@ -63,7 +63,7 @@ def _numel(shape) -> int:
 def estimate_state_bytes(model_or_shapes, name: str = "adamw", *, targets: Iterable[str] | None = None,
                          wavelet: str = "haar", level: int = 2, boundary: str = "zero", limiter=1.01,
                          rank: int = 128, state_bytes: int = 4, param_bytes: int = 4) -> int:
-    """Analytic optimizer-state bytes from parameter shapes (formulas in docs/GWT_MATH.md, Memory).
+    """Analytic optimizer-state bytes from parameter shapes (formulas in docs/update_rule.md, Memory).
 
     ``model_or_shapes``: a module or ``{name: shape}``. ``targets``: names of the matrices that
     get GWT/low-rank treatment (default: every 2-D parameter). Per parameter:

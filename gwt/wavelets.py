@@ -1,7 +1,7 @@
 """Wavelet helpers for GWT: validation, coefficient lengths, the Haar closed form and the
 general multi-level transform (through ptwt).
 
-Conventions (see docs/GWT_MATH.md): the transform runs along the last dimension of a
+Conventions (see docs/update_rule.md): the transform runs along the last dimension of a
 gradient matrix ``(m, n)`` with orthonormal pywt filters; the boundary mode defaults to
 ``zero`` as in the released optimizer.
 """
@@ -86,7 +86,7 @@ def check_depth(shape: tuple[int, ...], wavelet: str, level: int, boundary: str,
 
 
 # ---------------------------------------------------------------------------------------------
-# Haar closed form (docs/GWT_MATH.md, "The Haar closed form"): one reshape-mean and one broadcast,
+# Haar closed form (docs/update_rule.md, "The Haar closed form"): one reshape-mean and one broadcast,
 # whatever the level.
 
 

@@ -1,4 +1,4 @@
-/* GWT-Haar step on the CPU (the closed form of docs/GWT_MATH.md) for fp32 rows.
+/* GWT-Haar step on the CPU (the closed form of docs/update_rule.md) for fp32 rows.
  *
  * gwt_haar_step runs, for each matrix of a batch of same-shape matrices:
  * pass 1: for every block j of B = 2^level entries of a row, the zero-padded block mean abar

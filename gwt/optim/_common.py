@@ -138,7 +138,7 @@ LIMITER_TINY = 1e-8
 
 
 def limiter_factor(norm: torch.Tensor, prev_norm: torch.Tensor, gamma: float) -> torch.Tensor:
-    """THE norm-growth limiter (Fira, paper Sec. 4.2; docs/GWT_MATH.md step 5), elementwise:
+    """THE norm-growth limiter (Fira, paper Sec. 4.2; docs/update_rule.md, "The norm-growth limiter"), elementwise:
     ``lam = max(norm / (prev + 1e-8), gamma) / gamma``; the limited update is ``update / lam``
     and the next ``prev`` is ``norm / lam``. ``prev`` starts at +inf, so the first step has
     ``lam = 1``. The C kernel of gwt/csrc/haar_cpu.c computes the same in double precision

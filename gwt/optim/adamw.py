@@ -1,6 +1,6 @@
 """GWT-AdamW: Adam moments on the wavelet approximation of each gradient matrix.
 
-The update rule is the released one (docs/GWT_MATH.md): moments of ``A_l`` only, denominator
+The update rule is the released one (docs/update_rule.md): moments of ``A_l`` only, denominator
 ``sqrt(V) + eps`` without bias-correcting V, the Fira norm-growth limiter on the compressed
 update, details divided by the aligned denominator, inverse transform times ``alpha``, step size
 ``lr * sqrt(1 - beta2**t) / (1 - beta1**t)``, decoupled weight decay applied after the update.
@@ -57,7 +57,7 @@ def haar_coefficients(grad, exp_avg, exp_avg_sq, prev_norm, step_size, beta1: fl
     With abar the zero-padded block mean of G over blocks of B = 2**l, the moments are of
     A_l = 2**(l/2) * abar and the update of every entry of block j is
     ``offset_j + slope_j * G`` with ``slope = 1 / denom`` and
-    ``offset = 2**(-l/2) * N - abar / denom`` (docs/GWT_MATH.md, "The Haar closed form").
+    ``offset = 2**(-l/2) * N - abar / denom`` (docs/update_rule.md, "The Haar closed form").
     Updates the moments; returns (offset, slope, scale) with ``scale = step_size * alpha / lam``
     (``prev_norm`` None: no limiter). Reads G once; the cost does not depend on the level.
     """

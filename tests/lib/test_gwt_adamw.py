@@ -16,7 +16,7 @@ B1, B2 = 0.9, 0.999
 
 
 def reference_gwt_adam(w0, grads, *, wavelet, level, alpha, lr, eps, weight_decay, gamma):
-    """Multi-level GWT-Adam written from docs/GWT_MATH.md with pywt in float64 numpy.
+    """Multi-level GWT-Adam written from docs/update_rule.md with pywt in float64 numpy.
 
     Kept deliberately independent of gwt/: pywt transforms, explicit per-level detail scaling.
     """
