@@ -51,13 +51,13 @@ COMPILE_BASES = ("gwt_haar2",)
 
 # Sizes: a GPU check and its CPU dry run differ only here.
 FULL = dict(
-    device="cuda", bench_sizes=["60m", "130m"], bench_rounds=10, bench_backends=("triton", "compile", "torch"),
+    device="cuda", bench_sizes=["60m", "130m"], bench_rounds=10, bench_warmup=2, bench_backends=("triton", "compile", "torch"),
     train=["model=llama_60m", "precision=bf16", "trainer.seq_len=256"], seq_len=256, steps=40, micro_batch=64,
     eval_tokens=65536, probe_start=64, probe_cap=8192, probe_steps=2,
     glue=["task=rte", "precision=bf16", "trainer.max_steps=30", "trainer.max_length=128",
           "data.max_eval_examples=256"])
 DRY = dict(
-    device="cpu", bench_sizes=["20m"], bench_rounds=10, bench_backends=("torch", "cpu"),
+    device="cpu", bench_sizes=["20m"], bench_rounds=2, bench_warmup=1, bench_backends=("torch", "cpu"),
     train=["model=llama_tiny", "model.vocab_size=4096", "tokenizer=t5-base", "precision=fp32", "cpu=true",
            "trainer.seq_len=32"], seq_len=32, steps=2, micro_batch=2, eval_tokens=200, probe_start=1, probe_cap=4,
     probe_steps=1,
@@ -190,7 +190,14 @@ class Check:
         spec = importlib.util.spec_from_file_location("bench_optimizer", ROOT / "scripts" / "bench_optimizer.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        names = list(module.method_builders(512, 200))
+        import inspect
+
+        import torch
+
+        args = [512, 200]
+        if "backends" in inspect.signature(module.method_builders).parameters:  # name@backend for each one here
+            args.append(module.available_backends(torch.device(self.cfg["device"])))
+        names = list(module.method_builders(*args))
         chosen = []
         for name in names:
             base, _, backend = name.partition("@")
@@ -207,7 +214,7 @@ class Check:
         for i, size in enumerate(sizes):
             out = self.out / "bench" / f"bench_optimizer_{size}.md"
             cmd = [sys.executable, "scripts/bench_optimizer.py", "--device", self.cfg["device"], "--sizes", size,
-                   "--rounds", str(self.cfg["bench_rounds"]), "--warmup", "2", "--methods", *methods, "--out", str(out)]
+                   "--rounds", str(self.cfg["bench_rounds"]), "--warmup", str(self.cfg["bench_warmup"]), "--methods", *methods, "--out", str(out)]
             left = (deadline - time.monotonic()) / (len(sizes) - i)
             run = run_logged(cmd, self.out / "logs" / f"bench_{size}.log", left, self.env)
             found = json.loads(out.with_suffix(".json").read_text())["rows"] if run["status"] == "ok" else []
