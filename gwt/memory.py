@@ -6,6 +6,7 @@ from typing import Iterable, Mapping
 import torch
 import torch.nn as nn
 
+from gwt.optim.distributed import is_dtensor, local_rows
 from gwt.wavelets import approx_len
 
 
@@ -28,10 +29,14 @@ def _tensors(obj, seen_objs: set) -> Iterable[torch.Tensor]:
         yield from _tensors(vars(obj), seen_objs)
 
 
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer, *, local: bool = False) -> int:
     """Bytes of every tensor the optimizer holds in its state (projectors of GaLore-type
     optimizers, the inner optimizer and workspace of :class:`gwt.GWT`, scalars included).
-    Storages shared between tensors count once."""
+    Storages shared between tensors count once.
+
+    DTensor states (sharded parameters, gwt/optim/distributed.py) count their global size, or
+    with ``local=True`` the bytes of this rank's local shard (what this rank holds; plain
+    tensors count fully either way)."""
     storages: dict[tuple, int] = {}
     roots = [optimizer.state]
     extra = getattr(optimizer, "extra_state_roots", None)
@@ -42,9 +47,19 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
         for t in _tensors(root, seen):
             if t.device.type == "meta":
                 continue
+            if is_dtensor(t):
+                if not local:
+                    storages[("dtensor", id(t))] = t.numel() * t.element_size()
+                    continue
+                t = t.to_local()
             storage = t.untyped_storage()
             storages[(t.device.type, storage.data_ptr())] = storage.nbytes()
     return sum(storages.values())
+
+
+def optimizer_state_bytes_local(optimizer: torch.optim.Optimizer) -> int:
+    """:func:`optimizer_state_bytes` of this rank's local shards (``local=True``)."""
+    return optimizer_state_bytes(optimizer, local=True)
 
 
 def _named_shapes(model_or_shapes) -> dict[str, tuple[int, ...]]:
@@ -62,7 +77,8 @@ def _numel(shape) -> int:
 
 def estimate_state_bytes(model_or_shapes, name: str = "adamw", *, targets: Iterable[str] | None = None,
                          wavelet: str = "haar", level: int = 2, boundary: str = "zero", limiter=1.01,
-                         rank: int = 128, state_bytes: int = 4, param_bytes: int = 4) -> int:
+                         rank: int = 128, state_bytes: int = 4, param_bytes: int = 4, world_size: int = 1,
+                         shard: int = 0) -> int:
     """Analytic optimizer-state bytes from parameter shapes (formulas in docs/update_rule.md, Memory).
 
     ``model_or_shapes``: a module or ``{name: shape}``. ``targets``: names of the matrices that
@@ -72,12 +88,26 @@ def estimate_state_bytes(model_or_shapes, name: str = "adamw", *, targets: Itera
     - ``gwt``: target (m, n): ``2 * m * len(A_l)`` + step + limiter norm (param_bytes);
       others as Adam.
     - ``galore``: target (m, n): ``2 * r * max(m, n)`` moments + ``r * min(m, n)`` projector.
+
+    ``world_size`` > 1: the bytes held by shard ``shard`` (0, the largest) when every parameter
+    is split by rows over ``world_size`` ranks as FSDP2 does (chunks of ``ceil(rows / world_size)``
+    rows; states follow their parameter's rows, step and limiter scalars are on every rank).
+    GaLore needs whole matrices and has no sharded estimate.
     """
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"estimate_state_bytes: world_size={world_size!r}; valid: an int >= 1")
+    if isinstance(shard, bool) or not isinstance(shard, int) or not 0 <= shard < world_size:
+        raise ValueError(f"estimate_state_bytes: shard={shard!r}; valid: an int in [0, world_size={world_size})")
+    if world_size > 1 and name == "galore":
+        raise ValueError("estimate_state_bytes: name='galore' with world_size > 1: GaLore projects whole matrices "
+                         "and does not run on row-sharded parameters; valid names for sharding: adamw, gwt")
     shapes = _named_shapes(model_or_shapes)
     step = 0 if name == "galore" else 4  # galore-torch counts steps in a Python int
     target_set = set(targets) if targets is not None else {n for n, s in shapes.items() if len(s) == 2}
     total = 0
     for pname, shape in shapes.items():
+        if world_size > 1 and shape:
+            shape = (local_rows(shape[0], world_size, shard), *shape[1:])
         numel = _numel(shape)
         if pname in target_set and name == "gwt" and level > 0:
             m, n = shape

@@ -18,9 +18,12 @@ matrices, a full second moment for vectors.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from gwt.optim._common import check_range, compute_dtype, group_is_gwt, norm_growth_limit
+from gwt.optim._common import check_range, compute_dtype, group_is_gwt, limiter_factor, norm_growth_limit
+from gwt.optim import distributed
 from gwt.optim.base import GWT_DEFAULTS, GWTOptimizerBase
 
 DETAIL_SCALINGS = ("second_moment", "none")
@@ -33,7 +36,14 @@ class GWTAdafactor(GWTOptimizerBase):
     ``decay_rate`` (-0.8), ``eps1`` (1e-30), ``clip_threshold`` (1.0), ``detail_scaling``.
     The limiter defaults to off (None) here. ``backend``: ``"auto"`` or ``"torch"`` (torch ops
     only; the whole step can be compiled from outside with ``torch.compile``).
+
+    DTensor parameters (FSDP2): row and second-moment states are split by rows as the parameter,
+    column statistics are replicated; the sums over rows (column statistics and row mean, the RMS
+    clip, the limiter's norm) of all parameters are reduced together, at most three all-reduces
+    per step.
     """
+
+    REPLICATED_STATES = ("col",)
 
     GROUP_KEYS = ("lr", "weight_decay", "beta1", "decay_rate", "eps1", "clip_threshold", "detail_scaling")
 
@@ -61,7 +71,7 @@ class GWTAdafactor(GWTOptimizerBase):
         shape = self.approx_shape(p, group) if group_is_gwt(group) else tuple(p.shape)
         if len(shape) >= 2:
             state["row"] = self._new_state_tensor(shape[:-1], p)
-            state["col"] = self._new_state_tensor(shape[:-2] + shape[-1:], p)
+            state["col"] = self._new_state_tensor(shape[:-2] + shape[-1:], p, replicate=True)
         else:
             state["sq"] = self._new_state_tensor(shape, p)
         if group["beta1"] is not None:
@@ -93,6 +103,7 @@ class GWTAdafactor(GWTOptimizerBase):
     @torch.no_grad()
     def step(self, closure=None):
         loss = self._evaluate(closure)
+        sharded = []
         for group in self.param_groups:
             for p, grad in self._params_with_grad(group):
                 state = self.state[p]
@@ -101,6 +112,9 @@ class GWTAdafactor(GWTOptimizerBase):
                 t = self._increment_step(state)
                 if p.numel() == 0:
                     continue  # nothing to update
+                if distributed.is_dtensor(p):
+                    sharded.append((self._sharded_param_step(p, grad, state, group, t), distributed.reduce_group(p)))
+                    continue
                 beta2_t = 1.0 - t ** group["decay_rate"]
                 g = grad.to(compute_dtype(p))
                 gwt = group_is_gwt(group)
@@ -121,4 +135,61 @@ class GWTAdafactor(GWTOptimizerBase):
                 new_param = p.to(g.dtype) - group["lr"] * update
                 new_param = new_param - group["lr"] * group["weight_decay"] * new_param
                 p.copy_(new_param)
+        if sharded:
+            distributed.drive(sharded)
         return loss
+
+    def _sharded_param_step(self, param, grad, state, group, t):
+        """The step of one DTensor parameter on its local rows, as a generator: it yields the local
+        partial sums over rows it needs (1-D tensors) and receives their global sums
+        (:func:`gwt.optim.distributed.drive`); every rank yields the same sequence, empty shards too."""
+        p = param.to_local()
+        st = {key: distributed.local(value) for key, value in state.items()}
+        rows = param.shape[0] if param.dim() else 1  # global rows
+        beta2_t = 1.0 - t ** group["decay_rate"]
+        g = distributed.local(grad).to(compute_dtype(p))
+        gwt = group_is_gwt(group)
+        transform = self.transform_for(param, group) if gwt else None
+        if gwt and p.shape[0] == 0:
+            a, ctx = g.new_zeros(self.approx_shape(p, group)), None
+        else:
+            a, ctx = transform.analyze(g) if gwt else (g, None)
+        sq = a * a + group["eps1"]
+        if "row" in st:
+            row = st["row"].to(a.dtype).mul(beta2_t) + sq.mean(-1) * (1 - beta2_t)
+            sums = yield torch.cat([sq.sum(-2), row.sum(-1, keepdim=True)])
+            k = a.shape[-1]
+            col = st["col"].to(a.dtype).mul(beta2_t) + (sums[:k] / rows).to(a.dtype) * (1 - beta2_t)
+            st["row"].copy_(row)
+            st["col"].copy_(col)
+            scale = (row / (sums[k] / rows).to(a.dtype)).unsqueeze(-1) * col.unsqueeze(-2)
+        else:
+            scale = st["sq"].to(a.dtype).mul(beta2_t) + sq * (1 - beta2_t)
+            st["sq"].copy_(scale)
+        scale = scale.sqrt()
+        update = a / scale
+        total = yield update.pow(2).sum().reshape(1)
+        count = math.prod(self.approx_shape(param, group)) if gwt else param.numel()  # global entries
+        clip = torch.clamp((total[0] / count).sqrt() / group["clip_threshold"], min=1.0).to(a.dtype)
+        update = update / clip
+        if group["beta1"] is not None:
+            exp_avg = st["exp_avg"].to(a.dtype).mul(group["beta1"]).add(update, alpha=1 - group["beta1"])
+            st["exp_avg"].copy_(exp_avg)
+            update = exp_avg
+        if gwt:
+            divisor = clip
+            if group["limiter"] is not None:
+                norm_sq = yield torch.linalg.vector_norm(update, dtype=torch.float64).square().reshape(1)
+                prev_norm = st["prev_norm"]
+                norm = norm_sq[0].sqrt()
+                lam = limiter_factor(norm, prev_norm, group["limiter"])
+                prev_norm.copy_(norm / lam)
+                lam = lam.to(a.dtype)
+                update, divisor = update / lam, divisor * lam
+            if p.shape[0] == 0:
+                return
+            detail_div = scale * divisor if group["detail_scaling"] == "second_moment" else divisor
+            update = group["alpha"] * transform.synthesize(update, ctx, detail_div)
+        new_param = p.to(g.dtype) - group["lr"] * update
+        new_param = new_param - group["lr"] * group["weight_decay"] * new_param
+        p.copy_(new_param)

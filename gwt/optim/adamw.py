@@ -16,10 +16,11 @@ from gwt.optim._common import (
     compiled,
     compute_dtype,
     group_is_gwt,
+    limiter_factor,
     norm_growth_limit,
     step_scalars,
 )
-from gwt.optim import cpu_kernel
+from gwt.optim import cpu_kernel, distributed
 from gwt.optim.base import GWT_DEFAULTS, GWTOptimizerBase
 from gwt.wavelets import haar_blocks, is_haar_closed_form
 
@@ -61,6 +62,16 @@ def haar_coefficients(grad, exp_avg, exp_avg_sq, prev_norm, step_size, beta1: fl
     Updates the moments; returns (offset, slope, scale) with ``scale = step_size * alpha / lam``
     (``prev_norm`` None: no limiter). Reads G once; the cost does not depend on the level.
     """
+    offset, slope, normalized = haar_moments(grad, exp_avg, exp_avg_sq, beta1, beta2, eps, level)
+    scale = step_size * alpha
+    if prev_norm is not None:
+        scale = scale / norm_growth_limit(normalized, prev_norm, gamma)
+    return offset, slope, scale
+
+
+def haar_moments(grad, exp_avg, exp_avg_sq, beta1: float, beta2: float, eps: float, level: int):
+    """The moments of GWT-Haar (in place) and the per-block map: returns (offset, slope, N) with
+    ``N = M / denom`` the compressed update before the limiter."""
     g3 = haar_blocks(grad.to(compute_dtype(grad)), level)  # (m, k, B)
     abar = g3.mean(-1)  # (m, k)
     m_new, v_new, denom, normalized = _moments(abar * 2.0 ** (level / 2), exp_avg, exp_avg_sq,
@@ -69,10 +80,7 @@ def haar_coefficients(grad, exp_avg, exp_avg_sq, prev_norm, step_size, beta1: fl
     exp_avg_sq.copy_(v_new)
     slope = 1.0 / denom
     offset = normalized * 2.0 ** (-level / 2) - abar * slope
-    scale = step_size * alpha
-    if prev_norm is not None:
-        scale = scale / norm_growth_limit(normalized, prev_norm, gamma)
-    return offset, slope, scale
+    return offset, slope, normalized
 
 
 def haar_apply(param, grad, offset, slope, scale, decay, level: int):
@@ -266,7 +274,8 @@ class GWTAdamW(GWTOptimizerBase):
             return False  # ptwt: the torch entry of the table
         return True
 
-    def _route(self, p: torch.Tensor, group: dict) -> _Route:
+    def _route(self, p: torch.Tensor, group: dict, key: torch.Tensor | None = None) -> _Route:
+        """The route of ``p`` (for a DTensor parameter: of its local tensor, cached under ``key``)."""
         kind = self._kind(p, group)
         backend = self.backend
         if backend == "auto":
@@ -278,7 +287,7 @@ class GWTAdamW(GWTOptimizerBase):
                 backend = "torch"
         if not self._fits(backend, p, group, kind):
             backend = "torch"
-        route = self._routes[p] = _Route(kind, backend)
+        route = self._routes[p if key is None else key] = _Route(kind, backend)
         return route
 
     def step_backends(self) -> dict[str, int]:
@@ -295,6 +304,7 @@ class GWTAdamW(GWTOptimizerBase):
     def step(self, closure=None):
         loss = self._evaluate(closure)
         routes = self._routes
+        sharded = []
         for group in self.param_groups:
             batches: dict[tuple, list] = {}
             for p, grad in self._params_with_grad(group):
@@ -304,6 +314,9 @@ class GWTAdamW(GWTOptimizerBase):
                 t = self._increment_step(state)
                 if p.numel() == 0:
                     continue  # nothing to update, on every backend
+                if distributed.is_dtensor(p):
+                    sharded.append((group, p, grad, state, t))
+                    continue
                 route = routes.get(p) or self._route(p, group)
                 if route.kernel and not (grad.dtype == p.dtype and grad.device == p.device and grad.is_contiguous()):
                     route = _Route(route.kind, "torch")  # this gradient only
@@ -314,7 +327,94 @@ class GWTAdamW(GWTOptimizerBase):
                 if t not in scalars:
                     scalars[t] = _Scalars(group, t)
                 getattr(self, method)(items, group, scalars[t])
+        if sharded:
+            self._sharded_step(sharded)
         return loss
+
+    # -- DTensor parameters (gwt/optim/distributed.py) ----------------------------------------
+
+    def _sharded_step(self, entries) -> None:
+        """Step DTensor parameters on each rank's local rows. Without the limiter (and for level-0
+        groups) the ordinary batched code of :data:`STEPS` runs on the local tensors. Matrices with
+        the limiter run pass 1 (moments and the local squared norm of the compressed update), one
+        all-reduce of all those norms together, then pass 2 (limiter and update): on the ``cpu``
+        backend through the C kernels of the general transform (also for Haar, whose closed form
+        it equals), on every other backend through the eager torch code."""
+        scalars: dict[tuple, _Scalars] = {}
+
+        def scalars_for(group, t):
+            key = (id(group), t)
+            if key not in scalars:
+                scalars[key] = _Scalars(group, t)
+            return scalars[key]
+
+        batches: dict[tuple, tuple] = {}
+        limited = []
+        for group, p, grad, state, t in entries:
+            p_local, g_local = p.to_local(), distributed.local(grad)
+            local_state = {key: distributed.local(value) for key, value in state.items()}
+            route = self._routes.get(p) or self._route(p_local, group, key=p)
+            if route.kernel and not (g_local.dtype == p_local.dtype and g_local.device == p_local.device
+                                     and g_local.is_contiguous()):
+                route = _Route(route.kind, "torch")  # this gradient only
+            if route.kind != "adam" and group["limiter"] is not None:
+                limited.append((group, route, p_local, g_local, local_state, t, distributed.reduce_group(p)))
+            elif p_local.numel():
+                shape = () if route.any_shape else p_local.shape
+                key = (id(group), route.method, t, shape, p_local.dtype, p_local.device)
+                batches.setdefault(key, (group, []))[1].append((p_local, g_local, local_state))
+        for (_, method, t, *_), (group, items) in batches.items():
+            getattr(self, method)(items, group, scalars_for(group, t))
+        if limited:
+            self._limited_two_pass(limited, scalars_for)
+
+    def _limited_two_pass(self, limited, scalars_for) -> None:
+        partials, passes = [], []
+        for group, route, p, g, state, t, process_group in limited:
+            beta1, beta2 = group["betas"]
+            eps, level = group["eps"], group["level"]
+            exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+            if p.shape[0] == 0:  # no rows here: joins the all-reduce with zero
+                norm_sq, rest = torch.zeros(1, dtype=torch.float64, device=p.device), None
+            elif route.backend == "cpu" and route.method != "_ptwt":
+                wavelet = group["wavelet"] if route.kind == "dwt" else "haar"
+                norm_sq = cpu_kernel.dwt_pass1([g], [exp_avg], [exp_avg_sq], wavelet, level, beta1, beta2, eps)
+                rest = ("cpu", wavelet)
+            elif route.kind == "haar":
+                offset, slope, normalized = haar_moments(g, exp_avg, exp_avg_sq, beta1, beta2, eps, level)
+                norm_sq = torch.linalg.vector_norm(normalized, dtype=torch.float64).square().reshape(1)
+                rest = ("haar", offset, slope)
+            else:
+                transform = self.transform_for(p, group)  # rows are whole: the row length is global
+                approx, ctx = transform.analyze(g.to(compute_dtype(p)))
+                m_new, v_new, denom, normalized = _moments(approx, exp_avg, exp_avg_sq, beta1, beta2, eps)
+                exp_avg.copy_(m_new)
+                exp_avg_sq.copy_(v_new)
+                norm_sq = torch.linalg.vector_norm(normalized, dtype=torch.float64).square().reshape(1)
+                rest = ("dwt", transform, ctx, denom, normalized)
+            partials.append((process_group, norm_sq))
+            passes.append(rest)
+        totals = distributed.all_reduce_sums(partials)
+        for (group, route, p, g, state, t, _), total, rest in zip(limited, totals, passes):
+            norm = total.sqrt().reshape(())
+            prev_norm = state["prev_norm"]
+            lam = limiter_factor(norm.to(prev_norm.device), prev_norm, group["limiter"])
+            prev_norm.copy_(norm / lam)
+            if rest is None:
+                continue
+            scalars = scalars_for(group, t)
+            step_alpha = scalars.step_size * group["alpha"]
+            if rest[0] == "cpu":
+                scales = (step_alpha / lam).float().reshape(1).cpu()
+                cpu_kernel.dwt_pass2([p], [g], [state["exp_avg"]], [state["exp_avg_sq"]], rest[1], group["level"],
+                                     group["eps"], scales, scalars.decay)
+            elif rest[0] == "haar":
+                haar_apply(p, g, rest[1], rest[2], step_alpha / lam, scalars.decay, group["level"])
+            else:
+                _, transform, ctx, denom, normalized = rest
+                update = transform.synthesize(normalized / lam, ctx, denom * lam)
+                new_param = p.to(update.dtype) - step_alpha * update
+                p.copy_(new_param - scalars.decay * new_param)
 
     @staticmethod
     def _lists(items, limiter: bool = False):

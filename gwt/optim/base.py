@@ -12,6 +12,7 @@ from gwt.optim._common import (
     resolve_state_dtype,
     state_dtype_for,
 )
+from gwt.optim import distributed
 from gwt.wavelets import RowTransform, approx_len
 
 #: Keys every GWT group carries, with their defaults.
@@ -25,6 +26,8 @@ class GWTOptimizerBase(torch.optim.Optimizer):
     """
 
     BACKENDS: tuple[str, ...] = ("auto", "torch")
+    #: State keys that hold statistics over all rows: replicated for row-sharded DTensor parameters.
+    REPLICATED_STATES: tuple[str, ...] = ()
     #: Group keys (besides GWT_DEFAULTS) a loaded state dict must carry.
     GROUP_KEYS: tuple[str, ...] = ("lr", "weight_decay")
 
@@ -58,6 +61,9 @@ class GWTOptimizerBase(torch.optim.Optimizer):
                              "exact (wavelet='db1' runs Haar through the general transform)")
         check_range("lr", group["lr"], 0.0)
         check_range("weight_decay", group["weight_decay"], 0.0)
+        for i, p in enumerate(group["params"]):
+            if distributed.is_dtensor(p):
+                distributed.check_placements(p, self.param_name(group, i, len(self.param_groups) - 1))
         self._check_group(group)
         check_gwt_group(group, group.get("param_names"))
 
@@ -88,8 +94,14 @@ class GWTOptimizerBase(torch.optim.Optimizer):
             check_grad(p, p.grad)
             yield p, p.grad
 
-    def _new_state_tensor(self, shape, param: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return torch.zeros(shape, dtype=dtype or state_dtype_for(param, self.state_dtype), device=param.device)
+    def _new_state_tensor(self, shape, param: torch.Tensor, dtype: torch.dtype | None = None, *,
+                          replicate: bool = False) -> torch.Tensor:
+        """Zeros of ``shape``; for a DTensor parameter a DTensor of that global shape laid out as the
+        parameter (rows split as its rows; ``replicate``: whole on every rank)."""
+        dtype = dtype or state_dtype_for(param, self.state_dtype)
+        if distributed.is_dtensor(param):
+            return distributed.new_state(shape, param, dtype, replicate=replicate)
+        return torch.zeros(shape, dtype=dtype, device=param.device)
 
     def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
         raise NotImplementedError
@@ -144,7 +156,7 @@ class GWTOptimizerBase(torch.optim.Optimizer):
         plan = self._check_loaded(saved_state, saved_groups)
         super().load_state_dict(dict(state_dict, state={}))
         for p, saved, expected in plan:
-            self.state[p] = self._restore(p, saved, expected)
+            self.state[p] = self._restore(p, saved, expected, self.REPLICATED_STATES)
         self._reset_caches()
 
     def _check_loaded(self, saved_state: dict, saved_groups: list) -> list:
@@ -196,12 +208,19 @@ class GWTOptimizerBase(torch.optim.Optimizer):
         return plan
 
     @staticmethod
-    def _restore(p: torch.Tensor, saved: dict, expected: dict) -> dict:
+    def _restore(p: torch.Tensor, saved: dict, expected: dict, replicated=()) -> dict:
+        """Copies of the saved states on the parameter's device, in this optimizer's dtypes and,
+        for DTensor parameters, its layout (``step`` and ``prev_norm`` stay plain tensors)."""
         state = {}
         for key, want in expected.items():
             value = saved[key]
             if not isinstance(value, torch.Tensor):
                 value = torch.tensor(float(value))
             device = p.device if want.device.type == "meta" else want.device
-            state[key] = value.detach().to(device=device, dtype=want.dtype, copy=True)
+            value = value.detach()
+            if key == "step" or (want.dim() == 0 and not distributed.is_dtensor(value)):
+                value = distributed.local(value)
+            else:
+                value = distributed.layout_like(value, p, replicate=key in replicated)
+            state[key] = value.to(device=device, dtype=want.dtype, copy=True)
         return state

@@ -393,3 +393,36 @@ def dwt_step(params, grads, exp_avgs, exp_avg_sqs, prev_norms, wavelet: str, lev
         torch.ops.gwt.cpu_dwt_step(*args)
     else:
         _dwt_step(*args)
+
+
+def dwt_pass1(grads, exp_avgs, exp_avg_sqs, wavelet: str, level: int, beta1: float, beta2: float,
+              eps: float) -> torch.Tensor:
+    """Pass 1 of :func:`dwt_step` alone, for same-shape fp32 matrices (checked): the moments of
+    A_L in place; returns each matrix's squared norm of ``M / denom`` (fp64), for a limiter whose
+    norm is summed over other ranks' rows first (gwt/optim/distributed.py). Also runs Haar
+    (``wavelet="haar"``), which equals the closed form with boundary ``zero``."""
+    kernel = "gwt::cpu_dwt_pass1"
+    _check_scalars(kernel, beta1, beta2, eps, None)
+    if not grads or grads[0].dim() != 2:
+        raise ValueError(f"{kernel}: gradients must be a non-empty list of 2-D matrices")
+    rows, n = grads[0].shape
+    the_plan = plan(n, wavelet, level)
+    _check_matrices(kernel, grads, grads, exp_avgs, exp_avg_sqs, None, the_plan.state_shape(rows))
+    return the_plan.pass1(list(grads), list(exp_avgs), list(exp_avg_sqs), beta1, beta2, eps)
+
+
+def dwt_pass2(params, grads, exp_avgs, exp_avg_sqs, wavelet: str, level: int, eps: float, scales: torch.Tensor,
+              decay: float) -> None:
+    """Pass 2 of :func:`dwt_step` alone (checked): ``W -= scales[i] * synthesis(N, D / denom)`` with
+    the moments pass 1 left, then ``W -= decay * W``; ``scales``: fp32 CPU tensor, one per matrix
+    (step size * alpha / limiter factor)."""
+    kernel = "gwt::cpu_dwt_pass2"
+    if not params or params[0].dim() != 2:
+        raise ValueError(f"{kernel}: parameters must be a non-empty list of 2-D matrices")
+    rows, n = params[0].shape
+    the_plan = plan(n, wavelet, level)
+    _check_matrices(kernel, params, grads, exp_avgs, exp_avg_sqs, None, the_plan.state_shape(rows))
+    if not (eps > 0.0):
+        raise ValueError(f"{kernel}: eps={eps}; valid: eps > 0")
+    _check(kernel, "scales", [scales], torch.Size((len(params),)), 1)
+    the_plan.pass2(list(params), list(grads), list(exp_avgs), list(exp_avg_sqs), eps, scales, decay)

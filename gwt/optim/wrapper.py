@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from gwt.optim._common import compute_dtype, group_is_gwt
+from gwt.optim import distributed
 from gwt.optim.base import GWT_DEFAULTS, GWTOptimizerBase
 
 DETAIL_SCALES = ("none", "ratio")
@@ -35,6 +36,11 @@ class GWT(GWTOptimizerBase):
     arguments that are not GWT keys (wavelet, level, alpha, boundary, detail_scale, backend;
     lr, weight_decay) go to ``optimizer_class``. ``backend``: ``"auto"`` or ``"torch"`` (the
     transform runs in torch ops; the inner optimizer brings its own implementation).
+
+    DTensor parameters (FSDP2): each stand-in is a DTensor laid out as its parameter (rows split
+    the same way), so the inner optimizer (any optimizer that takes DTensors, e.g. torch's AdamW)
+    keeps sharded states; the transform runs on the local rows. ``detail_scale="ratio"`` sums
+    the norms of all matrices with one all-reduce per step.
     """
 
     def __init__(self, params, optimizer_class, lr: float = 1e-3, weight_decay: float = 0.0, *,
@@ -55,7 +61,7 @@ class GWT(GWTOptimizerBase):
             if group_is_gwt(group):
                 for p in group["params"]:
                     shape = self.approx_shape(p, group)
-                    self.stand_ins[p] = torch.zeros(shape, dtype=compute_dtype(p), device=p.device)
+                    self.stand_ins[p] = self._new_state_tensor(shape, p, compute_dtype(p))
                 inner.update(params=[self.stand_ins[p] for p in group["params"]], weight_decay=0.0)
             else:
                 inner["params"] = list(group["params"])
@@ -81,6 +87,9 @@ class GWT(GWTOptimizerBase):
             for p, grad in self._params_with_grad(group):
                 if p.numel() == 0:
                     continue  # nothing to update
+                if distributed.is_dtensor(p):
+                    pending.append(self._sharded_analyze(group, p, grad))
+                    continue
                 transform = self.transform_for(p, group)
                 approx, ctx = transform.analyze(grad.to(compute_dtype(p)))
                 stand_in = self.stand_ins[p]
@@ -88,8 +97,12 @@ class GWT(GWTOptimizerBase):
                 stand_in.grad = approx
                 pending.append((group, p, stand_in, transform, approx, ctx))
         self.inner.step()
+        gains = self._sharded_gains(pending)
         for group, p, stand_in, transform, approx, ctx in pending:
             delta = stand_in
+            if distributed.is_dtensor(p):
+                self._sharded_apply(group, p, stand_in, transform, ctx, gains.get(p))
+                continue
             if group["detail_scale"] == "ratio":
                 gain = torch.linalg.vector_norm(delta) / torch.linalg.vector_norm(approx).clamp_min(1e-30)
             else:
@@ -100,6 +113,46 @@ class GWT(GWTOptimizerBase):
             p.copy_(new_param)
             stand_in.grad = None
         return loss
+
+    # -- DTensor parameters (gwt/optim/distributed.py): the transform on the local rows ----------
+
+    def _sharded_analyze(self, group, p, grad):
+        transform = self.transform_for(p, group)  # rows are whole: the row length is global
+        p_local, stand_in = p.to_local(), self.stand_ins[p]
+        if p_local.shape[0]:
+            approx, ctx = transform.analyze(distributed.local(grad).to(compute_dtype(p)))
+        else:  # no rows here
+            approx, ctx = stand_in.to_local().new_zeros(stand_in.to_local().shape), None
+        stand_in.zero_()
+        stand_in.grad = distributed.wrap_like(approx, p, stand_in.shape)
+        return group, p, stand_in, transform, approx, ctx
+
+    @staticmethod
+    def _sharded_gains(pending) -> dict:
+        """``||delta|| / ||A||`` of the sharded matrices with ``detail_scale="ratio"``, their local
+        squared norms summed over ranks together."""
+        ratio = [(p, stand_in, approx) for group, p, stand_in, _, approx, _ in pending
+                 if distributed.is_dtensor(p) and group["detail_scale"] == "ratio"]
+        if not ratio:
+            return {}
+        partials = [(distributed.reduce_group(p), torch.stack([
+            torch.linalg.vector_norm(stand_in.to_local(), dtype=torch.float64).square(),
+            torch.linalg.vector_norm(approx, dtype=torch.float64).square()])) for p, stand_in, approx in ratio]
+        totals = distributed.all_reduce_sums(partials)
+        return {p: total[0].sqrt() / total[1].sqrt().clamp_min(1e-30) for (p, _, _), total in zip(ratio, totals)}
+
+    @staticmethod
+    def _sharded_apply(group, p, stand_in, transform, ctx, gain) -> None:
+        delta, p_local = stand_in.to_local(), p.to_local()
+        stand_in.grad = None
+        if p_local.shape[0] == 0:
+            return
+        if gain is None:
+            gain = torch.tensor(group["lr"], dtype=delta.dtype, device=delta.device)
+        update = transform.synthesize(delta, ctx, -1.0 / gain.to(delta.dtype).clamp_min(1e-30))
+        new_param = p_local.to(delta.dtype) + group["alpha"] * update
+        new_param = new_param - group["lr"] * group["weight_decay"] * new_param
+        p_local.copy_(new_param)
 
     def zero_grad(self, set_to_none: bool = True):
         super().zero_grad(set_to_none)
