@@ -158,7 +158,7 @@ def summarize(runs: list[Run], plan: Plan, incomplete: list[str] = ()) -> dict:
         done = [g for g in grid if g["ppl"] is not None]
         best = min(done, key=lambda g: g["ppl"]) if done else None
         best_lr = best["lr"] if best else None
-        at_edge = bool(best) and best_lr in (done[0]["lr"], done[-1]["lr"]) and len(done) > 1
+        at_edge = bool(best) and len(grid) > 1 and best_lr in (grid[0]["lr"], grid[-1]["lr"])  # of the whole grid
         grid_complete = len(done) == len(grid)
         seeds, state_bytes, cpu_s = {}, None, 0.0
         if best_lr is not None:
