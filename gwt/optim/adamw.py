@@ -369,52 +369,67 @@ class GWTAdamW(GWTOptimizerBase):
             self._limited_two_pass(limited, scalars_for)
 
     def _limited_two_pass(self, limited, scalars_for) -> None:
-        partials, passes = [], []
-        for group, route, p, g, state, t, process_group in limited:
+        """Pass 1 of every limited sharded matrix, one all-reduce of their local squared norms,
+        pass 2. On the C kernels, same-shape local matrices of a group share one call per pass."""
+        norms_sq: list = [None] * len(limited)
+        passes: list = [None] * len(limited)
+        kernel_batches: dict[tuple, list[int]] = {}
+        for i, (group, route, p, g, state, t, _) in enumerate(limited):
             beta1, beta2 = group["betas"]
             eps, level = group["eps"], group["level"]
             exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
             if p.shape[0] == 0:  # no rows here: joins the all-reduce with zero
-                norm_sq, rest = torch.zeros(1, dtype=torch.float64, device=p.device), None
+                norms_sq[i] = torch.zeros(1, dtype=torch.float64, device=p.device)
             elif route.backend == "cpu" and route.method != "_ptwt":
-                wavelet = group["wavelet"] if route.kind == "dwt" else "haar"
-                norm_sq = cpu_kernel.dwt_pass1([g], [exp_avg], [exp_avg_sq], wavelet, level, beta1, beta2, eps)
-                rest = ("cpu", wavelet)
+                wavelet = group["wavelet"] if route.kind == "dwt" else "haar"  # Haar: its closed form's equal
+                kernel_batches.setdefault((id(group), wavelet, tuple(p.shape)), []).append(i)
             elif route.kind == "haar":
                 offset, slope, normalized = haar_moments(g, exp_avg, exp_avg_sq, beta1, beta2, eps, level)
-                norm_sq = torch.linalg.vector_norm(normalized, dtype=torch.float64).square().reshape(1)
-                rest = ("haar", offset, slope)
+                norms_sq[i] = torch.linalg.vector_norm(normalized, dtype=torch.float64).square().reshape(1)
+                passes[i] = ("haar", offset, slope)
             else:
                 transform = self.transform_for(p, group)  # rows are whole: the row length is global
                 approx, ctx = transform.analyze(g.to(compute_dtype(p)))
                 m_new, v_new, denom, normalized = _moments(approx, exp_avg, exp_avg_sq, beta1, beta2, eps)
                 exp_avg.copy_(m_new)
                 exp_avg_sq.copy_(v_new)
-                norm_sq = torch.linalg.vector_norm(normalized, dtype=torch.float64).square().reshape(1)
-                rest = ("dwt", transform, ctx, denom, normalized)
-            partials.append((process_group, norm_sq))
-            passes.append(rest)
-        totals = distributed.all_reduce_sums(partials)
+                norms_sq[i] = torch.linalg.vector_norm(normalized, dtype=torch.float64).square().reshape(1)
+                passes[i] = ("dwt", transform, ctx, denom, normalized)
+        kernel_args = {}
+        for key, indices in kernel_batches.items():
+            group = limited[indices[0]][0]
+            beta1, beta2 = group["betas"]
+            args = [[limited[i][k] for i in indices] for k in (2, 3)]  # params, grads
+            args += [[limited[i][4][name] for i in indices] for name in ("exp_avg", "exp_avg_sq")]
+            kernel_args[key] = args
+            batch_norms = cpu_kernel.dwt_pass1(*args[1:], key[1], group["level"], beta1, beta2, group["eps"])
+            for j, i in enumerate(indices):
+                norms_sq[i] = batch_norms[j:j + 1]
+        totals = distributed.all_reduce_sums([(entry[6], norm_sq) for entry, norm_sq in zip(limited, norms_sq)])
+        lams = []
         for (group, route, p, g, state, t, _), total, rest in zip(limited, totals, passes):
             norm = total.sqrt().reshape(())
             prev_norm = state["prev_norm"]
             lam = limiter_factor(norm.to(prev_norm.device), prev_norm, group["limiter"])
             prev_norm.copy_(norm / lam)
+            lams.append(lam)
             if rest is None:
                 continue
             scalars = scalars_for(group, t)
             step_alpha = scalars.step_size * group["alpha"]
-            if rest[0] == "cpu":
-                scales = (step_alpha / lam).float().reshape(1).cpu()
-                cpu_kernel.dwt_pass2([p], [g], [state["exp_avg"]], [state["exp_avg_sq"]], rest[1], group["level"],
-                                     group["eps"], scales, scalars.decay)
-            elif rest[0] == "haar":
+            if rest[0] == "haar":
                 haar_apply(p, g, rest[1], rest[2], step_alpha / lam, scalars.decay, group["level"])
             else:
                 _, transform, ctx, denom, normalized = rest
                 update = transform.synthesize(normalized / lam, ctx, denom * lam)
                 new_param = p.to(update.dtype) - step_alpha * update
                 p.copy_(new_param - scalars.decay * new_param)
+        for key, indices in kernel_batches.items():
+            group = limited[indices[0]][0]
+            scales = torch.stack([scalars_for(group, limited[i][5]).step_size * group["alpha"] / lams[i].cpu()
+                                  for i in indices]).float()
+            cpu_kernel.dwt_pass2(*kernel_args[key], key[1], group["level"], group["eps"], scales,
+                                 scalars_for(group, limited[indices[0]][5]).decay)
 
     @staticmethod
     def _lists(items, limiter: bool = False):

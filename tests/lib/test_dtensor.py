@@ -15,20 +15,22 @@ from gwt.optim.distributed import local_rows
 
 WORLD = 2
 STEPS = 4
-WEIGHTS = ("a.weight", "b.weight", "c.weight")
+WEIGHTS = ("a.weight", "b.weight", "c.weight", "d.weight")
 
 
 class Tiny(nn.Module):
-    """Odd row counts (5, 7) and a 1-row matrix: rank 1 holds none of its rows."""
+    """Odd row counts (5, 7), a 1-row matrix (rank 1 holds none of its rows) and two matrices of
+    one shape (batched kernel calls)."""
 
     def __init__(self):
         super().__init__()
         self.a = nn.Linear(12, 5)
         self.b = nn.Linear(16, 7)
         self.c = nn.Linear(5, 1)
+        self.d = nn.Linear(12, 5)
 
     def forward(self, x12, x16):
-        y = torch.tanh(self.a(x12))
+        y = torch.tanh(self.a(x12)) + self.d(x12).pow(2)
         return (y.pow(2).sum() + torch.sin(self.b(x16)).sum() + self.c(y).pow(2).sum()) / x12.shape[0]
 
 
@@ -286,7 +288,7 @@ def test_each_rank_holds_about_half_the_state_and_the_estimate_says_so(sharded_r
         assert report[case]["global_bytes"] == whole
         assert local == estimate_state_bytes(shapes, "gwt", targets=WEIGHTS, wavelet=wavelet, level=level,
                                              world_size=WORLD, shard=rank)
-        # rows 5, 7 and 1 split 3+2, 4+3 and 1+0: each rank holds 40-60% of the sharded bytes
+        # rows 5, 7, 1 and 5 split 3+2, 4+3, 1+0 and 3+2: each rank holds 40-60% of the sharded bytes
         assert 0.35 * (whole - scalars) <= local - scalars <= 0.65 * (whole - scalars)
     assert sum(r[case]["local_bytes"] for r in reports) == whole + scalars * (WORLD - 1)
 
