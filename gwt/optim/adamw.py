@@ -209,6 +209,10 @@ class GWTAdamW(GWTOptimizerBase):
             when triton is importable, else ``compile`` on CUDA, else ``torch``. With ``cpu`` or
             ``triton``, wavelets with a boundary other than ``zero`` run through ptwt, and
             tensors outside the kernels' dtypes or layout take the ``torch`` code.
+
+    DTensor parameters (FSDP2's row sharding, or replicated) step on each rank's local rows, with
+    states laid out as their parameter; the limiter's norms of all sharded matrices cost one
+    all-reduce per step (:meth:`_sharded_step`, gwt/optim/distributed.py).
     """
 
     BACKENDS = tuple(["auto", *STEPS])

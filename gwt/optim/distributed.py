@@ -21,18 +21,23 @@ Conventions:
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
-try:
-    import torch.distributed as dist
-    from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
-except ImportError:  # torch built without distributed support
-    dist = DTensor = Replicate = Shard = distribute_tensor = None
+_DTENSOR = None  # the DTensor class, once torch.distributed.tensor is imported
 
 
 def is_dtensor(t) -> bool:
-    return DTensor is not None and isinstance(t, DTensor)
+    """Whether ``t`` is a DTensor. Costs an isinstance check; never imports
+    ``torch.distributed.tensor`` (seconds of import time): without it there are no DTensors."""
+    global _DTENSOR
+    if _DTENSOR is None:
+        module = sys.modules.get("torch.distributed.tensor")
+        if module is None or not hasattr(module, "DTensor"):
+            return False
+        _DTENSOR = module.DTensor
+    return isinstance(t, _DTENSOR)
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -48,6 +53,8 @@ def check_placements(p, name: str) -> None:
     """Refuse a DTensor parameter whose rows are not whole on every rank (one clear line)."""
     if not is_dtensor(p):
         return
+    from torch.distributed.tensor import Replicate, Shard
+
     for placement in p.placements:
         row_shard = isinstance(placement, Shard) and p.dim() > 0 and placement.dim % p.dim() == 0
         if not (row_shard or isinstance(placement, Replicate)):
@@ -77,6 +84,8 @@ def _contiguous_stride(shape) -> tuple[int, ...]:
 def wrap_like(local_tensor: torch.Tensor, param, shape, *, replicate: bool = False):
     """A DTensor of global ``shape`` on ``param``'s mesh whose local part is ``local_tensor``:
     the parameter's placements (rows split as the parameter's), or replicated."""
+    from torch.distributed.tensor import DTensor, Replicate
+
     placements = [Replicate()] * param.device_mesh.ndim if replicate else param.placements
     return DTensor.from_local(local_tensor, param.device_mesh, placements, run_check=False,
                               shape=torch.Size(shape), stride=_contiguous_stride(shape))
@@ -101,6 +110,8 @@ def layout_like(value: torch.Tensor, param, *, replicate: bool = False) -> torch
     if is_dtensor(param):
         if is_dtensor(value) or value.dim() == 0:
             return value
+        from torch.distributed.tensor import Replicate, distribute_tensor
+
         placements = [Replicate()] * param.device_mesh.ndim if replicate else param.placements
         return distribute_tensor(value, param.device_mesh, placements, src_data_rank=None)
     return value.full_tensor() if is_dtensor(value) else value
@@ -117,6 +128,8 @@ def all_reduce_sums(partials: list[tuple[object, torch.Tensor]]) -> list[torch.T
             out[i] = value
         else:
             buckets.setdefault(group, []).append(i)
+    import torch.distributed as dist
+
     for group, indices in buckets.items():
         values = [partials[i][1] for i in indices]
         flat = torch.cat([v.reshape(-1).to(torch.float64) for v in values])

@@ -13,6 +13,8 @@ from gwt import GWT, GWTAdafactor, GWTAdamW, estimate_state_bytes, optimizer_sta
 from gwt.optim import cpu_kernel
 from gwt.optim.distributed import local_rows
 
+pytestmark = pytest.mark.slow  # spawns 2 processes (~20 s on 2 shared cores)
+
 WORLD = 2
 STEPS = 4
 WEIGHTS = ("a.weight", "b.weight", "c.weight", "d.weight")
@@ -209,9 +211,6 @@ def sharded_run(tmp_path_factory):
     mp.spawn(_worker, args=(_free_port(), str(out), cases), nprocs=WORLD, join=True)
     reports = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     return cases, reports, ref_opt
-
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("case", list(CASES))
