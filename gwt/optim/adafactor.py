@@ -147,7 +147,7 @@ class GWTAdafactor(GWTOptimizerBase):
         st = {key: distributed.local(value) for key, value in state.items()}
         rows = param.shape[0] if param.dim() else 1  # global rows
         beta2_t = 1.0 - t ** group["decay_rate"]
-        g = distributed.local(grad).to(compute_dtype(p))
+        g = distributed.local_grad(param, grad).to(compute_dtype(p))
         gwt = group_is_gwt(group)
         transform = self.transform_for(param, group) if gwt else None
         if gwt and p.shape[0] == 0:

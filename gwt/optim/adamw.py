@@ -278,9 +278,11 @@ class GWTAdamW(GWTOptimizerBase):
             return False  # ptwt: the torch entry of the table
         return True
 
-    def _route(self, p: torch.Tensor, group: dict, key: torch.Tensor | None = None) -> _Route:
-        """The route of ``p`` (for a DTensor parameter: of its local tensor, cached under ``key``)."""
+    def _route(self, p: torch.Tensor, group: dict, p_local: torch.Tensor | None = None) -> _Route:
+        """The route of ``p``: its kind from its (global) shape; for a DTensor parameter the
+        backend from its local tensor ``p_local`` (what the code runs on)."""
         kind = self._kind(p, group)
+        key, p = p, (p if p_local is None else p_local)
         backend = self.backend
         if backend == "auto":
             if p.device.type == "cpu" and self._fits("cpu", p, group, "adam"):
@@ -291,7 +293,7 @@ class GWTAdamW(GWTOptimizerBase):
                 backend = "torch"
         if not self._fits(backend, p, group, kind):
             backend = "torch"
-        route = self._routes[p if key is None else key] = _Route(kind, backend)
+        route = self._routes[key] = _Route(kind, backend)
         return route
 
     def step_backends(self) -> dict[str, int]:
@@ -355,9 +357,9 @@ class GWTAdamW(GWTOptimizerBase):
         batches: dict[tuple, tuple] = {}
         limited = []
         for group, p, grad, state, t in entries:
-            p_local, g_local = p.to_local(), distributed.local(grad)
+            p_local, g_local = p.to_local(), distributed.local_grad(p, grad)
             local_state = {key: distributed.local(value) for key, value in state.items()}
-            route = self._routes.get(p) or self._route(p_local, group, key=p)
+            route = self._routes.get(p) or self._route(p, group, p_local)
             if route.kernel and not (g_local.dtype == p_local.dtype and g_local.device == p_local.device
                                      and g_local.is_contiguous()):
                 route = _Route(route.kind, "torch")  # this gradient only

@@ -45,6 +45,17 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if is_dtensor(t) else t
 
 
+def local_grad(param, grad) -> torch.Tensor:
+    """The local rows of the gradient of DTensor ``param``; refuses a gradient laid out otherwise
+    (a plain tensor, or other placements such as a pending ``Partial`` sum)."""
+    if not is_dtensor(grad) or tuple(grad.placements) != tuple(param.placements):
+        layout = tuple(grad.placements) if is_dtensor(grad) else "a plain tensor"
+        raise RuntimeError(f"the gradient of the DTensor parameter of shape {tuple(param.shape)} (placements "
+                           f"{tuple(param.placements)}) is {layout}; valid: a DTensor gradient with the "
+                           "parameter's placements (as FSDP2's backward leaves it)")
+    return grad.to_local()
+
+
 def _shard_dims(p) -> list[int]:
     return [i for i, placement in enumerate(p.placements) if placement.is_shard()]
 

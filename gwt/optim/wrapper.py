@@ -118,9 +118,9 @@ class GWT(GWTOptimizerBase):
 
     def _sharded_analyze(self, group, p, grad):
         transform = self.transform_for(p, group)  # rows are whole: the row length is global
-        p_local, stand_in = p.to_local(), self.stand_ins[p]
+        p_local, g_local, stand_in = p.to_local(), distributed.local_grad(p, grad), self.stand_ins[p]
         if p_local.shape[0]:
-            approx, ctx = transform.analyze(distributed.local(grad).to(compute_dtype(p)))
+            approx, ctx = transform.analyze(g_local.to(compute_dtype(p)))
         else:  # no rows here
             approx, ctx = stand_in.to_local().new_zeros(stand_in.to_local().shape), None
         stand_in.zero_()

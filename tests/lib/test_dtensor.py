@@ -170,6 +170,12 @@ def _worker(rank, port, out_dir, cases):
             replicated.grad = distribute_tensor(_replicated_grad(), mesh, [Replicate()])
             opt.step()
         report["replicated"] = (replicated.to_local().clone(), repr(tuple(opt.state[replicated]["exp_avg"].placements)))
+        replicated.grad = distribute_tensor(_replicated_grad(), mesh, [Shard(0)])  # not the parameter's layout
+        try:
+            opt.step()
+            report["grad_layout"] = None
+        except RuntimeError as err:
+            report["grad_layout"] = str(err)
         torch.save(report, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -343,3 +349,4 @@ def test_bad_placement_and_replicated_parameters(sharded_run):
         value, placements = report["replicated"]
         assert placements == "(Replicate(),)"
         torch.testing.assert_close(value, ref.detach(), rtol=1e-6, atol=1e-7)
+        assert "Shard(dim=0)" in report["grad_layout"] and "Replicate()" in report["grad_layout"]
