@@ -9,7 +9,7 @@ end of every epoch. Examples (Hydra overrides; every key is in configs/finetune_
     python finetune_glue.py task=mrpc optimizer=galore                 # GaLore-1/4, scale 2
     python finetune_glue.py task=cola optimizer=adamw                  # full-rank AdamW
     python finetune_glue.py task=sst2 data.dir=null                    # GLUE from the hub (nyu-mll/glue)
-    python finetune_glue.py experiment=table3/mnli_haar2               # one Table 3 cell
+    python finetune_glue.py task=mnli optimizer=gwt                    # one Table 3 cell
     python finetune_glue.py -m experiment=tableA3                      # Table A3 learning-rate grid
     python finetune_glue.py task=stsb model=minilm_l6 trainer.epochs=1 trainer.max_length=128   # offline, CPU
     python finetune_glue.py task=rte model=roberta_tiny trainer.max_steps=4 logger=none          # smoke test

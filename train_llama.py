@@ -5,12 +5,12 @@ Examples (Hydra overrides; see configs/train_llama.yaml and README.md for every 
     # the README's main job: a short GWT run on the local C4 sample (CPU, a few minutes)
     python train_llama.py experiment=demo
     # one Table 1 cell on one GPU / on 8 GPUs of a node
-    python train_llama.py experiment=table1/llama_60m_haar2 output_dir=runs/60m_haar2
-    accelerate launch --num_processes 8 train_llama.py experiment=table1/llama_350m_db2 output_dir=runs/350m_db2
+    python train_llama.py model=llama_60m method=haar2 output_dir=runs/60m_haar2
+    accelerate launch --num_processes 8 train_llama.py model=llama_350m method=db2_2 output_dir=runs/350m_db2
     # any combination, e.g. 3-level Haar on local C4 shards
     python train_llama.py model=llama_130m optimizer=gwt optimizer.level=3 data=c4_local data.dir=/data/c4/en
     # continue a run stopped by SIGTERM / SIGUSR1 (or a crash) exactly where it stopped
-    python train_llama.py experiment=table1/llama_60m_haar2 output_dir=runs/60m_haar2 resume=true
+    python train_llama.py model=llama_60m method=haar2 output_dir=runs/60m_haar2 resume=true
     # 2 CPU processes (gloo), e.g. for testing
     torchrun --nproc_per_node 2 train_llama.py model=llama_tiny data=c4_local precision=fp32 cpu=true ...
 
@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from gwt_lab.config_checks import POSITIVE, POSITIVE_OR_NULL, FRACTION, ConfigError, Flag, Int, Number, Text
+from gwt_lab.constants import IGNORE_INDEX
 from gwt_lab.data.lm import TextSource, TokenStream, check_source, epoch_documents, eval_batches, load_tokenizer
 from gwt_lab.loop import Task, build_checked_optimizer, build_checked_scheduler, run_training
 from gwt_lab.models import build_causal_lm, causal_lm_arch
@@ -102,7 +103,7 @@ class Pretraining(Task):
 
     def counts(self, batch: dict) -> tuple[float, float]:
         """(predicted tokens, non-padding tokens)."""
-        return count_targets(batch["labels"]).item(), (batch["labels"] != -100).sum().item()
+        return count_targets(batch["labels"]).item(), (batch["labels"] != IGNORE_INDEX).sum().item()
 
     def loss_sum(self, model, batch: dict) -> torch.Tensor:
         logits = model(input_ids=batch["input_ids"].to(self.acc.device)).logits

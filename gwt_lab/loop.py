@@ -41,8 +41,10 @@ from gwt_lab.train import (SCHEDULE_NAMES, CheckpointManager, MetricsLogger, Sto
                            check_output_dir, git_commit, latest_checkpoint, peak_memory_bytes, progress_bar,
                            reset_peak_memory, rng_state, seed_everything, set_rng_state, truncate_metrics,
                            write_result)
-from gwt_lab.train.checkpoint import CheckpointError, read_meta
+from gwt_lab.data.lm import DataError
+from gwt_lab.train.checkpoint import CheckpointError, CheckpointWriteError, read_meta
 from gwt_lab.train.output_dir import lock_run_dir
+from gwt_lab.train.safe_state import place_projectors
 
 LOGGERS = ("none", "wandb")
 
@@ -285,6 +287,7 @@ def run_training(cfg: DictConfig, task: Task) -> dict | None:
             fail(err)
         acc.unwrap_model(model).load_state_dict(shared["model"])
         optimizer.load_state_dict(shared["optimizer"])
+        place_projectors(optimizer)  # GaLore/APOLLO/Fira projectors follow their parameter's device
         scheduler.load_state_dict(shared["scheduler"])
         set_rng_state(local["rng"])
         step = meta["step"]
@@ -301,6 +304,8 @@ def run_training(cfg: DictConfig, task: Task) -> dict | None:
             lock = lock_run_dir(output_dir)
         except ValueError as err:
             locked_out = err
+        else:
+            ckpt.remove_stale_tmp()  # leftovers of an interrupted save: ours now that we hold the lock
     if acc.reduce(torch.tensor(float(locked_out is not None), device=acc.device), reduction="sum").item() > 0:
         fail(locked_out or "output_dir is in use by another run")  # every process stops, the main one says why
     try:
@@ -344,10 +349,16 @@ def _train(cfg, task, acc, model, optimizer, scheduler, total_steps, n_params, c
                   "scheduler": scheduler.state_dict()}
         run_meta = {"config": config, "tokens_seen": tokens_seen, "last_loss": last_loss, "last_eval": last_eval,
                     "wandb_id": wandb_run.id if wandb_run is not None else None, **task.meta_state()}
-        return ckpt.save(step_now, shared, {"rng": rng_state(), **task.local_state()}, run_meta)
+        try:
+            return ckpt.save(step_now, shared, {"rng": rng_state(), **task.local_state()}, run_meta)
+        except CheckpointWriteError as err:
+            stop_with(str(err), bar)
 
     def evaluate(step_now: int) -> dict:
-        record = {"step": step_now, **task.evaluate(model, step_now)}
+        try:
+            record = {"step": step_now, **task.evaluate(model, step_now)}
+        except DataError as err:
+            stop_with(str(err))
         logger.log(record)
         acc.print(f"\nstep {step_now}: {_format(record)}")
         return record
@@ -361,7 +372,10 @@ def _train(cfg, task, acc, model, optimizer, scheduler, total_steps, n_params, c
         while step < total_steps:
             t0 = time.perf_counter()
             # (1) the step's micro-batches; the loss is normalised by the step's global count
-            micro = task.batches(step)
+            try:
+                micro = task.batches(step)
+            except DataError as err:  # a damaged record found while streaming
+                stop_with(str(err), bar)
             counts = torch.tensor([task.counts(b) for b in micro], dtype=torch.float64).sum(0)  # [count, tokens]
             global_count, step_tokens = acc.reduce(counts.to(acc.device), reduction="sum").tolist()
             # (2) forward / backward over the micro-batches (gradients synchronised on the last one)

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import gwt_lab  # noqa: F401  (registers the OmegaConf resolvers the configs use, e.g. ${run_suffix:})
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")

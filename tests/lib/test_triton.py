@@ -1,5 +1,5 @@
 """The Triton kernels of gwt.optim.triton_kernels against a float64 reference written from
-docs/GWT_MATH.md with pywt's own multi-level transform (wavedec/waverec, mode ``zero``).
+docs/update_rule.md with pywt's own multi-level transform (wavedec/waverec, mode ``zero``).
 
 CPU: Triton's interpreter must be switched on (TRITON_INTERPRET=1) before triton is first
 imported, and other tests import it earlier through torch; so the CPU cases run together in one
@@ -48,7 +48,7 @@ CASES = {
 
 
 def reference_step(w, g, m, v, prev, t, wavelet, level, gamma):
-    """One GWT-AdamW step in float64 (numpy), as docs/GWT_MATH.md states it; returns (w, m, v, prev)."""
+    """One GWT-AdamW step in float64 (numpy), as docs/update_rule.md states it; returns (w, m, v, prev)."""
     b1, b2 = BETAS
     n = w.shape[-1]
     coeffs = pywt.wavedec(g, wavelet, mode="zero", level=level, axis=-1) if level else [g]
