@@ -139,6 +139,13 @@ def _worker(rank, port, out_dir, cases):
                          local_bytes=optimizer_state_bytes(opt, local=True), global_bytes=optimizer_state_bytes(opt))
             if case != "wrapper":
                 entry["state"] = _local_state(opt)
+            else:  # its own state dict round trip keeps the inner optimizer's DTensor states
+                fresh = CASES[case](model)
+                fresh.load_state_dict(opt.state_dict())
+                entry["inner_roundtrip"] = [
+                    (type(a).__name__, type(b).__name__, torch.equal(a.full_tensor(), b.full_tensor()))
+                    for s_old, s_new in zip(opt.inner.state.values(), fresh.inner.state.values())
+                    for a, b in ((s_old[k], s_new[k]) for k in ("exp_avg", "exp_avg_sq"))]
             if case in DCP_CASES:
                 osd = get_optimizer_state_dict(model, opt)
                 entry["dcp_keys"] = sorted(osd["state"])
@@ -320,6 +327,13 @@ def test_dcp_state_dict_round_trip(sharded_run):
             for name, state in entry["state"].items():
                 for key, value in state.items():
                     torch.testing.assert_close(entry["dcp_roundtrip"][name][key], value, rtol=0, atol=0)
+
+
+def test_wrapper_state_dict_round_trip(sharded_run):
+    _, reports, _ = sharded_run
+    for report in reports:
+        pairs = report["wrapper"]["inner_roundtrip"]
+        assert len(pairs) == 2 * len(Tiny().state_dict()) and set(pairs) == {("DTensor", "DTensor", True)}
 
 
 def test_whole_state_dict_loads_split_by_rows(sharded_run):
