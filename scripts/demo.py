@@ -5,7 +5,7 @@ both loss curves.
 Each run is ``train_llama.py experiment=demo`` (the single-run form) with the optimizer and the
 settings below as overrides; its folder holds config.yaml, metrics.jsonl and result.json.
 
-    python scripts/demo.py                       # about 5 minutes on 2 CPU cores
+    python scripts/demo.py                       # a few minutes on 2 CPU cores
     python scripts/demo.py --steps 50 --out /tmp/demo
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ RUNS = (("GWT Haar-2", "gwt"), ("AdamW", "adamw"))
 #: Output vocabulary of the demo model: T5 ids >= this become UNK. A 4096-wide output layer keeps a
 #: step cheap on a CPU while the text stays real; an untrained model starts at perplexity ~4096.
 VOCAB_SIZE = 4096
-STEPS = 300
+STEPS = 200
 
 
 def parse_args(argv=None) -> argparse.Namespace:
