@@ -183,3 +183,14 @@ def test_resume_from_checkpoint_continues_same_state(tmp_path):
         assert float(resumed_states[name]["step"]) == 8
     for (n, p), (_, q) in zip(full.model.named_parameters(), resumed.model.named_parameters()):
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
+def test_adafactor_variant_builds_and_learns(tmp_path):
+    from gwt import GWTAdafactor
+
+    model = tiny_causal_lm()
+    trainer = make_trainer(model, lm_data(), tmp_path, max_steps=12, optimizer="adafactor", lr=1e-2)
+    trainer.train()
+    assert isinstance(unwrap(trainer.optimizer), GWTAdafactor)
+    loss = losses(trainer)
+    assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3, loss
