@@ -13,6 +13,8 @@ Examples (Hydra overrides; see configs/train_llama.yaml and README.md for every 
     python train_llama.py model=llama_60m method=haar2 output_dir=runs/60m_haar2 resume=true
     # 2 CPU processes (gloo), e.g. for testing
     torchrun --nproc_per_node 2 train_llama.py model=llama_tiny data=c4_local precision=fp32 cpu=true ...
+    # weights, gradients and optimizer states sharded by rows over 8 GPUs (FSDP2)
+    torchrun --nproc_per_node 8 train_llama.py model=llama_1b method=haar2 distributed=fsdp2
 
 Each run writes into ``output_dir``: config.yaml, metrics.jsonl (one line per logged step and
 per evaluation), checkpoints/step_XXXXXXXX/ and, when finished, result.json.
@@ -25,7 +27,9 @@ from omegaconf import DictConfig
 
 from gwt_lab.config_checks import POSITIVE, POSITIVE_OR_NULL, FRACTION, ConfigError, Flag, Int, Number, Text
 from gwt_lab.constants import IGNORE_INDEX
-from gwt_lab.data.lm import TextSource, TokenStream, check_source, epoch_documents, eval_batches, load_tokenizer
+from gwt_lab.data.lm import (TextSource, TokenStream, check_source, epoch_documents, eval_batches, load_tokenizer,
+                             open_documents)
+from gwt_lab.distributed import prepare_model
 from gwt_lab.loop import Task, build_checked_optimizer, build_checked_scheduler, run_training
 from gwt_lab.models import build_causal_lm, causal_lm_arch
 from gwt_lab.train import causal_lm_loss_sum, count_targets, gradient_accumulation_steps, warmup_steps_from
@@ -42,6 +46,7 @@ class Pretraining(Task):
     data_keys = {**{key: Text(null=True) for key in TextSource.__dataclass_fields__}, "name": Text(),
                  "pack": Flag(), "shuffle_seed": Int(0, null=True), "shuffle_buffer": POSITIVE}
     checkpoint_final = True
+    supports_fsdp2 = True
 
     def model_keys(self) -> dict:
         """The architecture's keys (``gwt_lab.models.causal_lm_arch``) and the model files' descriptive keys."""
@@ -74,6 +79,7 @@ class Pretraining(Task):
         if cfg.precision == "pure_bf16":
             model = model.to(torch.bfloat16)  # released runs: weights, grads and states in bf16
         model = model.to(acc.device)
+        model = prepare_model(model, cfg, acc.device, acc.num_processes)  # activation checkpointing, FSDP2
         optimizer = build_checked_optimizer(model, cfg)
         self.warmup = warmup_steps_from(t.max_steps, t.warmup_steps, t.warmup_ratio)
         scheduler = build_checked_scheduler(optimizer, t, t.max_steps, self.warmup, t.min_lr_ratio)
@@ -127,6 +133,32 @@ class Pretraining(Task):
 
     def local_state(self) -> dict:
         return {"data": self.stream.state_dict()}
+
+    def convert_local(self, previous: list[dict], rank: int, world: int) -> dict:
+        """The data position at another number of processes. With ``data.pack=false`` every sequence is
+        one document, and the document stream is split by rank by example index (document ``i`` goes to
+        rank ``i mod world``) whenever the number of shards is not a multiple of the number of processes:
+        then every process count sees the same global order, the ranks have consumed ``D`` documents in
+        total, and rank ``r`` of the new run skips its first ``D / world`` documents. The global batch of
+        each later step is the same documents as in an uninterrupted run; only the float summation order
+        differs. Packed data (a per-rank token remainder) and shard-wise splits are refused."""
+        old = len(previous)
+        ask = f"resume with {old} process(es)"
+        if self.cfg.data.pack:
+            raise ValueError(f"data.pack=true: a checkpoint of {old} process(es) cannot resume on {world} (each rank's "
+                             f"packing remainder belongs to its own document subset); {ask}")
+        data = [p["data"] for p in previous]
+        if len({d["epoch"] for d in data}) != 1:
+            raise ValueError(f"the checkpoint's ranks are in different data epochs; {ask}")
+        n_shards = open_documents(self.source, "train", None, 1).n_shards
+        for n in (old, world):
+            if n > 1 and n_shards % n == 0:
+                raise ValueError(f"the training data has {n_shards} shards, split shard-wise over {n} processes (a "
+                                 f"different document order per process count); {ask}")
+        total = sum(int(d["docs"]) for d in data)
+        if total % world:
+            raise ValueError(f"{total} consumed documents do not split evenly over {world} processes; {ask}")
+        return {"data": {**data[0], "docs": total // world, "buffer": []}}
 
     def result(self, last_eval: dict, common: dict) -> tuple[dict, str]:
         metrics = {**{k: v for k, v in last_eval.items() if k != "step"}, **common}

@@ -42,6 +42,9 @@ from gwt_lab.train import (SCHEDULE_NAMES, CheckpointManager, MetricsLogger, Sto
                            reset_peak_memory, rng_state, seed_everything, set_rng_state, truncate_metrics,
                            write_result)
 from gwt_lab.data.lm import DataError
+from gwt_lab.distributed import (DISTRIBUTED_NAMES, SHARDED_DIR, check_distributed, clip_grad_norm, distributed_name,
+                                 enable_activation_checkpointing, gather_list, load_sharded, local_state_bytes,
+                                 sharded_state)
 from gwt_lab.train.checkpoint import CheckpointError, CheckpointWriteError, read_meta
 from gwt_lab.train.output_dir import lock_run_dir
 from gwt_lab.train.safe_state import place_projectors
@@ -56,12 +59,14 @@ MAY_CHANGE_ON_RESUME = ("output_dir", "resume", "run_name", "logger", "paths", "
                         "optimizer.backend",
                         "trainer.log_every", "trainer.eval_every", "trainer.eval_batch_size",
                         "trainer.checkpoint_every", "trainer.keep_last_checkpoints", "trainer.micro_batch_size",
+                        "trainer.activation_checkpointing", "distributed.reshard_after_forward",
                         "data.dir", "tokenizer", "model.tokenizer", "model.pretrained")
 
 # trainer keys every task has (a task adds its own in ``Task.trainer_keys``)
 TRAINER_KEYS = {"total_batch_size": POSITIVE, "scheduler": OneOf(SCHEDULE_NAMES), "grad_clip": Number(0.0),
                 "log_every": POSITIVE, "keep_last_checkpoints": POSITIVE, "checkpoint_every": Int(0, null=True),
-                "eval_every": Int(null=True), "warmup_steps": Int(0, null=True)}
+                "eval_every": Int(null=True), "warmup_steps": Int(0, null=True),
+                "activation_checkpointing": Flag()}
 TOP_LEVEL = {"seed": Int(0), "resume": Flag(), "cpu": Flag(), "compile": Flag(), "tokenizer": Text(null=True),
              "output_dir": Text(), "run_name": Text()}
 
@@ -92,10 +97,12 @@ def build_checked_scheduler(optimizer, trainer: DictConfig, total_steps: int, wa
 
 def finite_weights_and_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
     """True when every parameter and every floating-point optimizer state tensor is finite
-    (one fused max-abs reduction per tensor; max-abs cannot overflow where a sum of squares would)."""
+    (one fused max-abs reduction per tensor; max-abs cannot overflow where a sum of squares would).
+    Sharded (DTensor) tensors are checked on this rank's shard; the caller combines the ranks."""
     tensors = [p.detach() for p in model.parameters()]
     tensors += [v for state in optimizer.state.values() for v in state.values()
                 if torch.is_tensor(v) and v.is_floating_point()]
+    tensors = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]  # DTensors: this rank's shard
     tensors = [t for t in tensors if t.numel()]
     if not tensors:
         return True
@@ -111,7 +118,8 @@ class Task:
     Class attributes: ``name`` (progress-bar label), ``precisions`` (config ``precision`` ->
     Accelerate ``mixed_precision``), ``trainer_keys`` / ``data_keys`` (key -> kind, see
     ``gwt_lab.config_checks``; together with :data:`TRAINER_KEYS` every key the section may hold),
-    ``checkpoint_final`` (also checkpoint after the last step). ``build`` sets ``steps_per_epoch``
+    ``checkpoint_final`` (also checkpoint after the last step), ``supports_fsdp2`` (``build`` calls
+    ``gwt_lab.distributed.prepare_model`` before building the optimizer). ``build`` sets ``steps_per_epoch``
     when the task has epochs (then ``eval_every`` / ``checkpoint_every`` null mean every epoch end).
     """
 
@@ -120,6 +128,7 @@ class Task:
     trainer_keys: dict = {}
     data_keys: dict = {}
     checkpoint_final = False
+    supports_fsdp2 = False
     steps_per_epoch: int | None = None
 
     def __init__(self, cfg: DictConfig):
@@ -168,6 +177,12 @@ class Task:
         """This rank's extra checkpoint state (e.g. a data position)."""
         return {}
 
+    def convert_local(self, previous: list[dict], rank: int, world: int) -> dict:
+        """This rank's checkpoint state at ``world`` processes from the ``previous`` ranks' states of a
+        sharded checkpoint written by another number of processes (raise ValueError when impossible)."""
+        raise ValueError(f"{self.name}: a checkpoint of {len(previous)} processes cannot resume on {world}; resume "
+                         f"with {len(previous)} processes")
+
     def meta_state(self) -> dict:
         """Extra JSON state for the checkpoint's meta.json."""
         return {}
@@ -185,6 +200,9 @@ def check_config(cfg: DictConfig, task: Task) -> None:
                                   "group": None, "tags": None})
     check_section(cfg, "trainer", {**TRAINER_KEYS, **task.trainer_keys})
     check_section(cfg, "data", task.data_keys)
+    if "distributed" in cfg:
+        check_section(cfg, "distributed", {"name": OneOf(DISTRIBUTED_NAMES), "reshard_after_forward": Flag()})
+    check_distributed(cfg, task.supports_fsdp2, f"{task.name} ({type(task).__name__})")
     model_keys = task.model_keys()
     if "tokenizer" in cfg.model and "tokenizer" not in model_keys:
         raise ConfigError(f"model.tokenizer={cfg.model.tokenizer!r} is not a config key here; set the tokenizer "
@@ -245,7 +263,9 @@ def run_training(cfg: DictConfig, task: Task) -> dict | None:
     from accelerate import Accelerator
 
     code_version = git_commit()  # recorded in result.json: the code this run started with
-    acc = Accelerator(mixed_precision=task.precisions[cfg.precision], cpu=cfg.cpu)
+    fsdp2 = distributed_name(cfg) == "fsdp2"
+    # FSDP2: Accelerate only starts the process group; mixed precision is FSDP2's own policy
+    acc = Accelerator(mixed_precision="no" if fsdp2 else task.precisions[cfg.precision], cpu=cfg.cpu)
     is_main, world, t = acc.is_main_process, acc.num_processes, cfg.trainer
     output_dir = Path(cfg.output_dir)
     try:
@@ -268,9 +288,15 @@ def run_training(cfg: DictConfig, task: Task) -> dict | None:
         model, optimizer, scheduler, total_steps = task.build(acc)
     except (ValueError, FileNotFoundError) as err:
         fail(err)
+    if t.get("activation_checkpointing", False) and not fsdp2:
+        try:
+            enable_activation_checkpointing(model)  # FSDP2: applied by the task before sharding
+        except ValueError as err:
+            fail(err)
     if cfg.get("compile", False):
         model = torch.compile(model)
-    model = acc.prepare(model)  # DDP over N processes; autocast for precision=bf16
+    if not fsdp2:
+        model = acc.prepare(model)  # DDP over N processes; autocast for precision=bf16
     n_params = count_parameters(acc.unwrap_model(model))
     acc.print(f"{task.describe(n_params)} {world} process(es) x micro-batch {task.micro} x {task.accum} accumulation "
               f"= {t.total_batch_size} per step | {total_steps} steps | optimizer {cfg.optimizer.name} lr "
@@ -278,17 +304,33 @@ def run_training(cfg: DictConfig, task: Task) -> dict | None:
 
     # ---------------------------------------------------------------- resume
     ckpt = CheckpointManager(output_dir / "checkpoints", t.keep_last_checkpoints, acc.process_index, world,
-                             barrier=acc.wait_for_everyone)
+                             barrier=acc.wait_for_everyone, sharded=fsdp2)
     step, local, meta = 0, None, {}
     if resume_from is not None:
         try:
             shared, local, meta = ckpt.load(resume_from)
         except (CheckpointError, FileNotFoundError) as err:
             fail(err)
-        acc.unwrap_model(model).load_state_dict(shared["model"])
-        optimizer.load_state_dict(shared["optimizer"])
-        place_projectors(optimizer)  # GaLore/APOLLO/Fira projectors follow their parameter's device
+        if fsdp2:
+            try:  # each rank reads its rows of the saved shards (also at another number of processes)
+                load_sharded(model, optimizer, Path(meta["path"]) / SHARDED_DIR, shared["sharded_state"])
+            except (ValueError, RuntimeError, OSError) as err:
+                fail(f"cannot load {meta['path']}: {str(err).strip().splitlines()[0] if str(err).strip() else err}")
+        else:
+            acc.unwrap_model(model).load_state_dict(shared["model"])
+            optimizer.load_state_dict(shared["optimizer"])
+            place_projectors(optimizer)  # GaLore/APOLLO/Fira projectors follow their parameter's device
         scheduler.load_state_dict(shared["scheduler"])
+        if "previous_ranks" in local:  # a sharded checkpoint of another number of processes
+            previous = local["previous_ranks"]
+            try:
+                local = task.convert_local(previous, acc.process_index, world)
+            except ValueError as err:
+                fail(err)
+            # RNG: rank r continues with the generators of the old rank r (the last old rank's when r is new)
+            local["rng"] = previous[min(acc.process_index, len(previous) - 1)]["rng"]
+            acc.print(f"checkpoint of {len(previous)} process(es) resumed on {world}: model and optimizer "
+                      "resharded, data position converted")
         set_rng_state(local["rng"])
         step = meta["step"]
         acc.print(f"resumed from {meta.get('path', resume_from)} at step {step}")
@@ -320,6 +362,7 @@ def _train(cfg, task, acc, model, optimizer, scheduler, total_steps, n_params, c
            code_version) -> dict:
     """The run once checked, built and resumed: output folder, loggers, the loop, the result."""
     is_main, world, t, output_dir = acc.is_main_process, acc.num_processes, cfg.trainer, Path(cfg.output_dir)
+    fsdp2 = distributed_name(cfg) == "fsdp2"
     tokens_seen, last_loss = meta.get("tokens_seen", 0), meta.get("last_loss", float("nan"))
     last_eval = meta.get("last_eval")
     if is_main:
@@ -345,12 +388,17 @@ def _train(cfg, task, acc, model, optimizer, scheduler, total_steps, n_params, c
         bad = not finite_weights_and_state(acc.unwrap_model(model), optimizer)
         if acc.reduce(torch.tensor(float(bad), device=acc.device), reduction="sum").item() > 0:
             stop_with(f"non-finite weights or optimizer state after step {step_now}; no checkpoint written", bar)
-        shared = {"model": acc.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-                  "scheduler": scheduler.state_dict()}
+        sharded = None
+        if fsdp2:  # model/optimizer tensors: each rank writes its shards (torch.distributed.checkpoint)
+            sharded, skeleton = sharded_state(model, optimizer)
+            shared = {"sharded_state": skeleton, "scheduler": scheduler.state_dict()}
+        else:
+            shared = {"model": acc.unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict(),
+                      "scheduler": scheduler.state_dict()}
         run_meta = {"config": config, "tokens_seen": tokens_seen, "last_loss": last_loss, "last_eval": last_eval,
                     "wandb_id": wandb_run.id if wandb_run is not None else None, **task.meta_state()}
         try:
-            return ckpt.save(step_now, shared, {"rng": rng_state(), **task.local_state()}, run_meta)
+            return ckpt.save(step_now, shared, {"rng": rng_state(), **task.local_state()}, run_meta, sharded=sharded)
         except CheckpointWriteError as err:
             stop_with(str(err), bar)
 
@@ -378,12 +426,14 @@ def _train(cfg, task, acc, model, optimizer, scheduler, total_steps, n_params, c
                 stop_with(str(err), bar)
             counts = torch.tensor([task.counts(b) for b in micro], dtype=torch.float64).sum(0)  # [count, tokens]
             global_count, step_tokens = acc.reduce(counts.to(acc.device), reduction="sum").tolist()
-            # (2) forward / backward over the micro-batches (gradients synchronised on the last one)
+            # (2) forward / backward over the micro-batches. DDP: gradients synchronised on the last one;
+            # FSDP2: each micro-batch's gradients are reduce-scattered into the sharded gradients (no
+            # unsharded gradient kept between micro-batches). Both average over ranks: hence x world.
             loss_total = torch.zeros((), dtype=torch.float64, device=acc.device)
             for i, batch in enumerate(micro):
-                with acc.no_sync(model) if i < len(micro) - 1 else nullcontext():
+                with acc.no_sync(model) if i < len(micro) - 1 and not fsdp2 else nullcontext():
                     loss_sum = task.loss_sum(model, batch)
-                    acc.backward(loss_sum * (world / max(global_count, 1.0)))  # DDP averages over ranks
+                    acc.backward(loss_sum * (world / max(global_count, 1.0)))
                     loss_total += loss_sum.detach().double()
             loss = acc.reduce(loss_total, reduction="sum").item() / max(global_count, 1.0)
             if not math.isfinite(loss):  # stop before the bad update; the newest checkpoint stays the good one
@@ -391,7 +441,10 @@ def _train(cfg, task, acc, model, optimizer, scheduler, total_steps, n_params, c
             # (3) update
             lr = scheduler.get_last_lr()[0]
             if t.grad_clip > 0:
-                acc.clip_grad_norm_(model.parameters(), t.grad_clip)
+                if fsdp2:  # DTensor gradients: the norm of the local rows summed over ranks
+                    clip_grad_norm(list(model.parameters()), t.grad_clip)
+                else:
+                    acc.clip_grad_norm_(model.parameters(), t.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -428,7 +481,10 @@ def _train(cfg, task, acc, model, optimizer, scheduler, total_steps, n_params, c
               "train_tokens_per_s": session_tokens / max(train_time, 1e-9),
               "train_examples_per_s": session_steps * t.total_batch_size / max(train_time, 1e-9),
               "train_time_s": train_time, "optimizer_state_bytes": optimizer_state_bytes(optimizer),
-              **peak_memory_bytes(acc.device), "num_parameters": n_params["total"], "world_size": world}
+              "optimizer_state_bytes_per_rank": int(max(gather_list(local_state_bytes(optimizer), acc.device))),
+              **peak_memory_bytes(acc.device), "num_parameters": n_params["total"], "world_size": world,
+              "distributed": distributed_name(cfg)}
+    common["peak_memory_bytes_per_rank"] = [int(v) for v in gather_list(common["peak_memory_bytes"], acc.device)]
     metrics, summary = task.result(last_eval, common)
     if is_main:
         command = " ".join(["python", os.path.basename(sys.argv[0])] + sys.argv[1:])

@@ -6,6 +6,9 @@ Layout under ``root`` (usually ``<output_dir>/checkpoints``)::
         meta.json             {"step": 100, "world_size": 2, "files": {"model.pt": <bytes>, ...}, ...}
         model.pt, optimizer.pt, scheduler.pt, ...   one file per key of ``shared`` (written by rank 0)
         rank0.pt, rank1.pt    per-rank state (RNG, data position) from each process
+        sharded/              sharded runs (FSDP2) only: each rank's shards of the model and optimizer
+                              tensors (torch.distributed.checkpoint: __<rank>_0.distcp + .metadata),
+                              their sizes recorded in meta.json's "sharded_files"
     step_00000200.tmp/        being written; ignored, removed by ``remove_stale_tmp`` and the next save
 
 Writing: every process writes into ``step_XXXXXXXX.tmp`` and fsyncs its files; after a barrier,
@@ -20,6 +23,11 @@ objects (GaLore, APOLLO, Fira) are stored as plain attributes and rebuilt (``saf
 that the safe load refuses raises ``UnsafeCheckpointError`` naming it. A damaged checkpoint (a
 missing, empty or truncated file, unreadable ``meta.json``) is skipped by ``load`` with a ``CheckpointWarning``
 naming what is wrong, and the previous complete checkpoint is used.
+
+A sharded checkpoint (``sharded=True``) also loads on another number of processes: ``load`` then
+returns ``local = {"previous_ranks": [rank0 state, rank1 state, ...]}`` (the caller converts them);
+``.metadata`` and the tensor files are read by ``gwt_lab.distributed.load_sharded`` without unpickling
+code.
 
 Only the newest ``keep_last`` checkpoints are kept. The barrier is a callable (e.g.
 ``accelerator.wait_for_everyone``) so this module stays free of any launcher.
@@ -43,6 +51,8 @@ from gwt_lab.train.faults import fault_point
 from gwt_lab.train.safe_state import from_plain, to_plain
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+_SHARDED_FILE = re.compile(r"^(\.metadata|__\d+_\d+\.distcp)$")
+SHARDED_DIR = "sharded"
 
 
 class CheckpointError(ValueError):
@@ -98,6 +108,11 @@ def read_meta(path: str | os.PathLike) -> dict:
     if files is not None and not (isinstance(files, dict) and all(
             isinstance(k, str) and "/" not in k and k.endswith(".pt") and isinstance(v, int) for k, v in files.items())):
         raise CheckpointError(f"{file}: 'files' must map file names (*.pt) to byte sizes")
+    sharded = meta.get("sharded_files")
+    if sharded is not None and not (isinstance(sharded, dict) and sharded and all(
+            isinstance(k, str) and _SHARDED_FILE.match(k) and isinstance(v, int) for k, v in sharded.items())):
+        raise CheckpointError(f"{file}: 'sharded_files' must map shard file names (.metadata, __<r>_<i>.distcp) to "
+                              "byte sizes")
     return meta
 
 
@@ -113,6 +128,8 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     if files is None:  # written before sizes were recorded: every file must at least be non-empty
         files = {p.name: None for p in path.glob("*.pt")}
         files.update({f"rank{r}.pt": None for r in range(int(meta.get("world_size", 1)))})
+    files = dict(files)
+    files.update({f"{SHARDED_DIR}/{name}": size for name, size in (meta.get("sharded_files") or {}).items()})
     for name, size in files.items():
         file = path / name
         if not file.is_file():
@@ -194,10 +211,12 @@ class CheckpointManager:
         keep_last: how many finished checkpoints to keep (>= 1).
         rank, world_size: this process and the number of processes.
         barrier: callable that blocks until every process reaches it (no-op for one process).
+        sharded: checkpoints hold sharded tensors (``save(..., sharded=...)``) and may be loaded by
+            another number of processes.
     """
 
     def __init__(self, root: str | os.PathLike, keep_last: int = 2, rank: int = 0, world_size: int = 1,
-                 barrier: Callable[[], None] | None = None):
+                 barrier: Callable[[], None] | None = None, sharded: bool = False):
         if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
             raise ValueError(f"keep_last={keep_last!r} must be an integer >= 1 (config key trainer.keep_last_checkpoints)")
         self.root = Path(root)
@@ -205,6 +224,7 @@ class CheckpointManager:
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.barrier = barrier or _noop
+        self.sharded = bool(sharded)
 
     def remove_stale_tmp(self) -> list[Path]:
         """Delete ``*.tmp`` folders of interrupted saves; returns what was removed. Call it on the main
@@ -219,8 +239,10 @@ class CheckpointManager:
         """The newest (complete, by default) checkpoint folder, or None."""
         return latest_checkpoint(self.root, complete)
 
-    def save(self, step: int, shared: dict, local: dict, meta: dict | None = None) -> Path:
-        """Write checkpoint ``step``: ``shared`` (rank 0 only; one file per key) and this rank's ``local``.
+    def save(self, step: int, shared: dict, local: dict, meta: dict | None = None, sharded: dict | None = None) -> Path:
+        """Write checkpoint ``step``: ``shared`` (rank 0 only; one file per key) and this rank's ``local``;
+        ``sharded``: a flat dict of (DTensor) tensors every rank writes its shards of (collective,
+        ``gwt_lab.distributed.save_sharded``) into ``sharded/``.
 
         Every process must call it (it contains barriers). Returns the final directory. A full disk
         (or another write error) removes the partial folder and raises ``CheckpointWriteError``."""
@@ -237,11 +259,17 @@ class CheckpointManager:
             if self.rank == 0:
                 for key, value in shared.items():
                     _save_file(value, tmp / f"{key}.pt")
+            if sharded is not None:
+                from gwt_lab.distributed import save_sharded
+
+                save_sharded(sharded, tmp / SHARDED_DIR)
             self.barrier()
             if self.rank == 0:
                 files = {p.name: p.stat().st_size for p in sorted(tmp.glob("*.pt"))}
                 info = {"step": int(step), "world_size": self.world_size, "time": time.time(), **(meta or {}),
                         "files": files}
+                if sharded is not None:
+                    info["sharded_files"] = {p.name: p.stat().st_size for p in sorted((tmp / SHARDED_DIR).iterdir())}
                 with open(tmp / "meta.json", "w") as f:
                     f.write(json.dumps(info, indent=1))
                     f.flush()
@@ -268,7 +296,21 @@ class CheckpointManager:
 
     def _load_one(self, path: Path, keys: tuple[str, ...] | None) -> tuple[dict, dict, dict]:
         meta = read_meta(path)
-        if int(meta.get("world_size", 1)) != self.world_size:
+        other_world = int(meta.get("world_size", 1)) != self.world_size
+        if other_world and self.sharded and meta.get("sharded_files"):
+            problem = checkpoint_problem(path)
+            if problem is not None:
+                raise CheckpointError(problem)
+            names = keys if keys is not None else tuple(sorted(
+                Path(n).stem for n in meta.get("files") or {} if not re.fullmatch(r"rank\d+\.pt", n)))
+            shared = {name: safe_load(path / f"{name}.pt") for name in names}
+            previous = [safe_load(path / f"rank{r}.pt") for r in range(int(meta["world_size"]))]
+            return shared, {"previous_ranks": previous}, meta
+        if self.sharded != bool(meta.get("sharded_files")):
+            kind = "sharded (distributed=fsdp2)" if meta.get("sharded_files") else "unsharded (distributed=ddp)"
+            raise CheckpointMismatchError(f"checkpoint {path} is {kind}; resume with the distributed setting it was "
+                                          "written with")
+        if other_world:
             raise CheckpointMismatchError(f"checkpoint {path} was written by {meta['world_size']} processes but this run has "
                              f"{self.world_size}; resume with the same number of processes")
         problem = checkpoint_problem(path)
