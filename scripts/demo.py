@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from gwt_lab.jsonl import read_jsonl  # noqa: E402
 
 #: (label, optimizer config) of the compared runs; both use the optimizer YAMLs' paper learning rates.
 RUNS = (("GWT Haar-2", "gwt"), ("AdamW", "adamw"))
@@ -54,16 +56,6 @@ def run_overrides(optimizer: str, out: Path, args: argparse.Namespace) -> list[s
             f"trainer.max_steps={args.steps}", f"trainer.eval_every={args.steps}",
             f"trainer.checkpoint_every={args.steps}", "logger=none", f"run_name=demo-{optimizer}",
             f"output_dir={out}", *args.overrides]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line of an interrupted run
-            continue
-    return rows
 
 
 def matrix_state_bytes(config: dict) -> int:
