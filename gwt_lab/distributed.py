@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 DISTRIBUTED_NAMES = ("ddp", "fsdp2")
+_OWN_GROUP = False  # a one-process group started by apply_fsdp2 (no launcher)
 SHARDED_DIR = "sharded"  # DCP folder inside a checkpoint
 # Optimizers that need whole matrices (SVD / random projections of the full gradient) and so cannot
 # step on row-sharded parameters.
@@ -111,9 +112,17 @@ def apply_fsdp2(model: torch.nn.Module, device: torch.device, world_size: int, p
 
     ``precision``: ``bf16`` -> bf16 compute with fp32 parameters and fp32 gradient reduction;
     ``fp32`` / ``pure_bf16`` -> the parameters' own dtype throughout."""
+    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    if not dist.is_initialized():  # one process started without a launcher: a process group of one
+        if world_size != 1:
+            raise ValueError(f"distributed=fsdp2 with {world_size} processes needs a launcher (torchrun)")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0,
+                                world_size=1)
+        global _OWN_GROUP
+        _OWN_GROUP = True
     mesh = init_device_mesh(device.type, (world_size,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16" \
         else MixedPrecisionPolicy()
@@ -126,6 +135,17 @@ def apply_fsdp2(model: torch.nn.Module, device: torch.device, world_size: int, p
     # the root's parameters (embeddings, output layer) are used last in the forward: keep them gathered
     fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=mp)
     return model
+
+
+def release_process_group() -> None:
+    """Destroy the one-process group :func:`apply_fsdp2` started (launcher-made groups are left alone)."""
+    global _OWN_GROUP
+    if _OWN_GROUP:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        _OWN_GROUP = False
 
 
 def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
@@ -199,25 +219,23 @@ def save_sharded(tensors: dict, folder: Path) -> None:
 
 
 class _MetadataUnpickler(pickle.Unpickler):
-    """Unpickles DCP's ``.metadata`` from an allow-list of plain classes only."""
+    """Unpickles DCP's ``.metadata`` from a fixed allow-list of plain record classes only (the index of
+    tensor shapes, dtypes and file offsets); any other global is refused, so the file cannot run code."""
 
-    ALLOWED_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.planner",
-                       "torch.distributed.checkpoint._extension", "torch.distributed.checkpoint.filesystem")
-    ALLOWED = {("collections", "OrderedDict"), ("torch", "Size"), ("builtins", "set"), ("builtins", "frozenset"),
-               ("torch._utils", "_rebuild_tensor_v2"), ("torch", "device")}
+    ALLOWED = {("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "StorageMeta", "MetadataIndex", "ChunkStorageMetadata", "TensorStorageMetadata",
+        "TensorProperties", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING")} | {
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+        ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
+        ("collections", "OrderedDict")}
 
     def find_class(self, module: str, name: str):
-        if (module, name) in self.ALLOWED or (module in self.ALLOWED_MODULES and not name.startswith("_")
-                                              and isinstance(getattr(__import__(module, fromlist=[name]), name, None),
-                                                             type)):
-            return super().find_class(module, name)
-        if module == "torch" and name in _TORCH_DTYPES:
+        if (module, name) in self.ALLOWED or (module == "torch" and name in _TORCH_DTYPES):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a checkpoint's .metadata")
 
 
-_TORCH_DTYPES = {n for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)} | {"layout", "strided",
-                                                                                              "memory_format"}
+_TORCH_DTYPES = {n for n in dir(torch) if isinstance(getattr(torch, n, None), torch.dtype)}
 
 
 def _reader_class():
@@ -269,7 +287,14 @@ def load_sharded(model, optimizer, folder: Path, skeleton) -> None:
         missing = sorted(saved_keys ^ set(tensors))[:3]
         raise ValueError(f"{folder} holds other model/optimizer entries than this run builds (e.g. {missing}); "
                          "resume with the same model and optimizer config")
-    dcp.load(tensors, storage_reader=_reader_class()(str(folder)), planner=_planner())
+    try:
+        dcp.load(tensors, storage_reader=_reader_class()(str(folder)), planner=_planner())
+    except dcp.api.CheckpointException as err:  # a BaseException: one failure per rank
+        failures = list(err.failures.values())
+        first = failures[0] if failures else err
+        inner = getattr(first, "exc", first)
+        raise ValueError(f"{folder}: {type(inner).__name__}: {str(inner).strip().splitlines()[0] if str(inner).strip() else ''}") \
+            from None
     state = fill_tensors(skeleton, tensors)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
@@ -316,5 +341,5 @@ def gather_list(value: float, device) -> list[float]:
 
 __all__ = ["DISTRIBUTED_NAMES", "SHARDED_DIR", "WHOLE_MATRIX_OPTIMIZERS", "apply_fsdp2", "check_distributed",
            "clip_grad_norm", "decoder_layers", "distributed_name", "enable_activation_checkpointing", "fill_tensors", "prepare_model",
-           "gather_list", "gather_max", "load_sharded", "local_state_bytes", "save_sharded", "sharded_state",
+           "gather_list", "gather_max", "load_sharded", "local_state_bytes", "release_process_group", "save_sharded", "sharded_state",
            "split_tensors"]

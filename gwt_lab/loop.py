@@ -44,7 +44,7 @@ from gwt_lab.train import (SCHEDULE_NAMES, CheckpointManager, MetricsLogger, Sto
 from gwt_lab.data.lm import DataError
 from gwt_lab.distributed import (DISTRIBUTED_NAMES, SHARDED_DIR, check_distributed, clip_grad_norm, distributed_name,
                                  enable_activation_checkpointing, gather_list, load_sharded, local_state_bytes,
-                                 sharded_state)
+                                 release_process_group, sharded_state)
 from gwt_lab.train.checkpoint import CheckpointError, CheckpointWriteError, read_meta
 from gwt_lab.train.output_dir import lock_run_dir
 from gwt_lab.train.safe_state import place_projectors
@@ -495,4 +495,5 @@ def _train(cfg, task, acc, model, optimizer, scheduler, total_steps, n_params, c
         wandb_run.summary.update({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
         wandb_run.finish()
     acc.end_training()
+    release_process_group()
     return metrics
