@@ -231,6 +231,20 @@ def _saved_config(checkpoint: Path, output_dir: Path) -> tuple[dict | None, str]
         return None, ""
 
 
+def _with_later_defaults(saved: dict, cfg: DictConfig) -> dict:
+    """``saved`` completed with the values that runs written before a key existed used (``distributed``:
+    ddp, ``trainer.activation_checkpointing``: false), where the new config has that key, so such runs
+    still resume."""
+    out = dict(saved)
+    if "distributed" in cfg and "distributed" not in out:
+        out["distributed"] = {"name": "ddp"}
+    trainer = out.get("trainer")
+    if "activation_checkpointing" in cfg.get("trainer", {}) and isinstance(trainer, dict) \
+            and "activation_checkpointing" not in trainer:
+        out["trainer"] = {**trainer, "activation_checkpointing": False}
+    return out
+
+
 def _every(step: int, every: int | None, steps_per_epoch: int | None) -> bool:
     """Whether a periodic action is due after ``step``: every ``every`` steps (0: never), or at every
     epoch end when ``every`` is null."""
@@ -278,7 +292,7 @@ def run_training(cfg: DictConfig, task: Task) -> dict | None:
         if resume_from is not None:
             saved, where = _saved_config(resume_from, output_dir)
             if saved is not None:
-                check_resume_config(saved, cfg, MAY_CHANGE_ON_RESUME, where)
+                check_resume_config(_with_later_defaults(saved, cfg), cfg, MAY_CHANGE_ON_RESUME, where)
     except (ValueError, FileNotFoundError) as err:
         fail(err)
 

@@ -188,3 +188,20 @@ def test_split_and_fill_tensors_round_trip():
     back = fill_tensors(torch.load(buf, weights_only=True), tensors)
     assert back["optimizer"]["param_groups"] == tree["optimizer"]["param_groups"]
     assert back["model"]["w"] is tree["model"]["w"]
+
+
+def test_runs_written_before_the_distributed_keys_still_resume():
+    """A checkpoint config without ``distributed`` / ``trainer.activation_checkpointing`` is a DDP run
+    without activation checkpointing: it resumes as such, and not as FSDP2."""
+    from omegaconf import OmegaConf
+
+    from gwt_lab.config_checks import ConfigError, check_resume_config
+    from gwt_lab.loop import MAY_CHANGE_ON_RESUME, _with_later_defaults
+
+    cfg = compose_cfg(["output_dir=/tmp/run"])
+    saved = OmegaConf.to_container(cfg, resolve=True)
+    del saved["distributed"], saved["trainer"]["activation_checkpointing"]
+    check_resume_config(_with_later_defaults(saved, cfg), cfg, MAY_CHANGE_ON_RESUME, "old run")
+    sharded = compose_cfg(["output_dir=/tmp/run", "distributed=fsdp2"])
+    with pytest.raises(ConfigError, match="distributed.name: 'ddp' -> 'fsdp2'"):
+        check_resume_config(_with_later_defaults(saved, sharded), sharded, MAY_CHANGE_ON_RESUME, "old run")
