@@ -88,12 +88,15 @@ def test_two_processes_match_one_and_hold_half_the_state(haar_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer", [["optimizer=adamw"], ["optimizer=gwt_db2", "optimizer.level=2"]],
+@pytest.mark.parametrize("optimizer, rel", [(["optimizer=adamw"], 1e-5), (["optimizer=gwt_db2", "optimizer.level=2"], 3e-5)],
                          ids=["adamw", "db2_2"])
-def test_two_processes_match_one_other_optimizers(tmp_path, optimizer):
+def test_two_processes_match_one_other_optimizers(tmp_path, optimizer, rel):
+    """DB2-2 amplifies float summation-order differences more than Haar: DDP on 2 processes (whole
+    matrices, no sharding) differs from 1 process by 6e-6 relative at step 6 of this run, FSDP2 by 1.4e-5;
+    hence 3e-5 for DB2-2 (steps 1-5 agree within 2e-6)."""
     steps = ["trainer.max_steps=6", "trainer.eval_every=6", "trainer.checkpoint_every=0", *optimizer]
     one, two = launch(tmp_path / "one", 1, *steps), launch(tmp_path / "two", 2, *steps)
-    assert_close(losses(tmp_path / "one"), losses(tmp_path / "two"), rel=1e-5)
+    assert_close(losses(tmp_path / "one"), losses(tmp_path / "two"), rel=rel)
     assert 0.45 * one["optimizer_state_bytes"] < two["optimizer_state_bytes_per_rank"] \
         < 0.55 * one["optimizer_state_bytes"]
 
@@ -129,7 +132,8 @@ def test_resume_on_another_number_of_processes(haar_runs, tmp_path, before, afte
     name = {1: "one", 2: "two"}
     out = tmp_path / "resumed"
     restart_from(root / name[before], out, 6)
-    launch(out, after, *HAAR, "resume=true")
+    # activation checkpointing may change on resume (the same numbers, recomputed): exercised here under FSDP2
+    launch(out, after, *HAAR, "resume=true", "trainer.activation_checkpointing=true")
     resumed = losses(out)
     assert sorted(resumed) == list(range(1, 13))
     assert_close(losses(root / name[after]), resumed, rel=1e-5, steps=list(range(7, 13)))
@@ -205,3 +209,14 @@ def test_runs_written_before_the_distributed_keys_still_resume():
     sharded = compose_cfg(["output_dir=/tmp/run", "distributed=fsdp2"])
     with pytest.raises(ConfigError, match="distributed.name: 'ddp' -> 'fsdp2'"):
         check_resume_config(_with_later_defaults(saved, sharded), sharded, MAY_CHANGE_ON_RESUME, "old run")
+
+
+@pytest.mark.slow
+def test_activation_checkpointing_gives_the_same_losses_under_ddp(tmp_path, _fresh_accelerate):
+    """Recomputing the decoder layers' activations in the backward changes memory, not the numbers."""
+    plain = train_llama.train(compose_cfg([f"output_dir={tmp_path / 'plain'}", "trainer.max_steps=3"]))
+    reset_accelerate()
+    recomputed = train_llama.train(compose_cfg([f"output_dir={tmp_path / 'ac'}", "trainer.max_steps=3",
+                                                "trainer.activation_checkpointing=true"]))
+    assert losses(tmp_path / "ac") == losses(tmp_path / "plain") and len(losses(tmp_path / "ac")) == 3
+    assert recomputed["eval_loss"] == plain["eval_loss"]
