@@ -11,7 +11,8 @@ as a ``(sum, count)`` pair, how to evaluate, what goes into the checkpoint and t
 2. model, optimizer and schedule; resume from the newest checkpoint (weights, optimizer,
    schedule, every RNG, the data position, the last evaluation).
 3. the loop: micro-batches with gradient accumulation, the loss normalised by the step's global
-   count, optional gradient clipping, logging to ``metrics.jsonl`` (and W&B), evaluation,
+   count (the same for ``distributed=ddp`` and ``distributed=fsdp2``, see ``gwt_lab.distributed``),
+   optional gradient clipping, logging to ``metrics.jsonl`` (and W&B), evaluation,
    checkpoints, and a checkpoint + exit ``128 + signal`` on SIGTERM / SIGUSR1.
 4. ``result.json`` with the resolved config, the code version, the command and the metrics.
 

@@ -220,3 +220,27 @@ def test_activation_checkpointing_gives_the_same_losses_under_ddp(tmp_path, _fre
                                                 "trainer.activation_checkpointing=true"]))
     assert losses(tmp_path / "ac") == losses(tmp_path / "plain") and len(losses(tmp_path / "ac")) == 3
     assert recomputed["eval_loss"] == plain["eval_loss"]
+
+
+def test_a_truncated_shard_file_makes_the_checkpoint_incomplete(tmp_path):
+    """meta.json records the shard files' sizes: a truncated or missing one is found without reading it,
+    so the resume falls back to the previous complete checkpoint as for DDP files."""
+    import json
+
+    from gwt_lab.train.checkpoint import checkpoint_problem, read_meta
+
+    ckpt = tmp_path / "step_00000002"
+    (ckpt / "sharded").mkdir(parents=True)
+    (ckpt / "rank0.pt").write_bytes(b"x" * 4)
+    (ckpt / "sharded" / ".metadata").write_bytes(b"m" * 8)
+    (ckpt / "sharded" / "__0_0.distcp").write_bytes(b"d" * 16)
+    meta = {"step": 2, "world_size": 1, "files": {"rank0.pt": 4}, "sharded_files": {".metadata": 8, "__0_0.distcp": 16}}
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+    assert checkpoint_problem(ckpt) is None
+    (ckpt / "sharded" / "__0_0.distcp").write_bytes(b"d" * 10)
+    assert "__0_0.distcp has 10 bytes, 16 were written" in checkpoint_problem(ckpt)
+    (ckpt / "sharded" / "__0_0.distcp").unlink()
+    assert "__0_0.distcp is missing" in checkpoint_problem(ckpt)
+    (ckpt / "meta.json").write_text(json.dumps({**meta, "sharded_files": {"../../etc/passwd": 1}}))
+    with pytest.raises(ValueError, match="sharded_files"):
+        read_meta(ckpt)
