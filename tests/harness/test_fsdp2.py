@@ -82,6 +82,15 @@ def test_two_processes_match_one_and_hold_half_the_state(haar_runs):
     assert 0.45 * one["optimizer_state_bytes"] < two["optimizer_state_bytes_per_rank"] \
         < 0.55 * one["optimizer_state_bytes"]
     assert one["optimizer_state_bytes_per_rank"] == one["optimizer_state_bytes"]
+    # the analytic estimate (gwt.memory.estimate_state_bytes, rows split as FSDP2 splits them) is exact
+    from gwt.memory import estimate_state_bytes
+    from gwt_lab.models import build_causal_lm
+
+    shapes = {n: tuple(p.shape) for n, p in build_causal_lm(compose_cfg(HAAR).model, seed=0).named_parameters()}
+    targets = [n for n, s in shapes.items() if len(s) == 2 and ("attn" in n or "mlp" in n)]
+    assert estimate_state_bytes(shapes, "gwt", targets=targets, level=2) == one["optimizer_state_bytes"]
+    assert max(estimate_state_bytes(shapes, "gwt", targets=targets, level=2, world_size=2, shard=r)
+               for r in range(2)) == two["optimizer_state_bytes_per_rank"]
     assert len(two["peak_memory_bytes_per_rank"]) == 2 and min(two["peak_memory_bytes_per_rank"]) > 0
     ckpt = root / "two" / "checkpoints" / "step_00000012" / "sharded"
     assert sorted(p.name for p in ckpt.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
