@@ -97,12 +97,13 @@ def test_two_processes_match_one_and_hold_half_the_state(haar_runs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("optimizer, rel", [(["optimizer=adamw"], 1e-5), (["optimizer=gwt_db2", "optimizer.level=2"], 3e-5)],
+@pytest.mark.parametrize("optimizer, rel", [(["optimizer=adamw", "trainer.grad_clip=0.5"], 1e-5), (["optimizer=gwt_db2", "optimizer.level=2"], 3e-5)],
                          ids=["adamw", "db2_2"])
 def test_two_processes_match_one_other_optimizers(tmp_path, optimizer, rel):
     """DB2-2 amplifies float summation-order differences more than Haar: DDP on 2 processes (whole
     matrices, no sharding) differs from 1 process by 6e-6 relative at step 6 of this run, FSDP2 by 1.4e-5;
-    hence 3e-5 for DB2-2 (steps 1-5 agree within 2e-6)."""
+    hence 3e-5 for DB2-2 (steps 1-5 agree within 2e-6). The AdamW run clips the gradient norm (DTensor
+    gradients: the local rows' norms summed over ranks)."""
     steps = ["trainer.max_steps=6", "trainer.eval_every=6", "trainer.checkpoint_every=0", *optimizer]
     one, two = launch(tmp_path / "one", 1, *steps), launch(tmp_path / "two", 2, *steps)
     assert_close(losses(tmp_path / "one"), losses(tmp_path / "two"), rel=rel)
