@@ -355,6 +355,19 @@ IGNORED_CONFIG_KEYS = ("output_dir", "run_name", "resume", "logger", "wandb", "p
                        "optimizer.fused", "optimizer.foreach")
 
 
+#: Config keys added after runs were made, with the value those earlier runs had in effect: a run
+#: whose config lacks the key counts as having that value (so adding a key does not split a cell).
+LATER_KEYS = {"distributed.name": "ddp", "trainer.activation_checkpointing": False}
+
+
+def _with_later_keys(flat: dict[str, Any]) -> dict[str, Any]:
+    out = dict(flat)
+    for key, value in LATER_KEYS.items():
+        if out.get(key) is None:
+            out[key] = value
+    return out
+
+
 def flatten_config(config: Any, prefix: str = "") -> dict[str, Any]:
     """{'trainer.max_steps': 500, ...}: nested dicts as dotted keys (lists stay values)."""
     if not isinstance(config, dict):
@@ -376,14 +389,14 @@ def protocol(config: dict, ignore: Iterable[str] = ()) -> str:
     """A canonical string of everything in ``config`` that makes an experiment: the config without
     the seed, :data:`IGNORED_CONFIG_KEYS` and ``ignore``. Runs with equal protocols differ in the seed alone."""
     skip = (SEED_KEY, *IGNORED_CONFIG_KEYS, *ignore)
-    flat = {k: v for k, v in flatten_config(config).items() if not _ignored(k, skip)}
+    flat = {k: v for k, v in _with_later_keys(flatten_config(config)).items() if not _ignored(k, skip)}
     return json.dumps(flat, sort_keys=True, default=str)
 
 
 def config_differences(a: dict, b: dict, ignore: Iterable[str] = ()) -> list[str]:
     """'key=value_in_a (vs value_in_b)' for every protocol key where configs ``a`` and ``b`` differ."""
     skip = (SEED_KEY, *IGNORED_CONFIG_KEYS, *ignore)
-    fa, fb = flatten_config(a), flatten_config(b)
+    fa, fb = _with_later_keys(flatten_config(a)), _with_later_keys(flatten_config(b))
     out = []
     for key in sorted(set(fa) | set(fb)):
         if _ignored(key, skip) or fa.get(key) == fb.get(key):

@@ -248,3 +248,15 @@ def test_committed_tables_are_what_the_script_produces():
     committed = (REPO / "results" / "tables.md").read_text()
     assert committed == text, ("results/tables.md is stale: run `.venv/bin/python scripts/make_tables.py "
                                "--out results/tables.md` (make tables) and commit it")
+
+
+def test_keys_added_later_count_at_the_value_earlier_runs_had():
+    from gwt_lab.results import config_differences, protocol
+
+    old = {"seed": 42, "optimizer": {"name": "gwt", "lr": 0.003}, "trainer": {"max_steps": 500}}
+    new = {"seed": 43, "optimizer": {"name": "gwt", "lr": 0.003},
+           "trainer": {"max_steps": 500, "activation_checkpointing": False}, "distributed": {"name": "ddp"}}
+    assert protocol(old) == protocol(new) and config_differences(old, new) == []
+    sharded = {**new, "distributed": {"name": "fsdp2", "reshard_after_forward": True}}
+    assert protocol(sharded) != protocol(old)
+    assert 'distributed.name="fsdp2" (vs "ddp")' in config_differences(sharded, old)
