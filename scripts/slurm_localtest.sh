@@ -18,7 +18,10 @@
 #      each once, result.json complete with world_size 2;
 #   4. the same through submitit: a multirun job sent submitit's signal (USR2) is requeued by the
 #      SlurmRequeue callback and resumes;
-#   5. a submitit job with two tasks trains as one process group (gloo on CPU; world_size 2).
+#   5. FSDP2 with two processes, both ways: slurm/pretrain_multinode.sbatch (one node, torchrun on
+#      CPU) and a submitit job with two tasks (one gloo process group through the callback's
+#      RANK/WORLD_SIZE/MASTER_*), each with distributed=fsdp2; result.json must say fsdp2,
+#      world_size 2 and about half the optimizer state per rank.
 # GWT_SLURM_STAGES="basic preempt multitask" selects the groups (1+2, 3+4, 5).
 # Every daemon started here is stopped on exit (trap), after cancelling leftover jobs.
 # Needs: root (daemons, apt-get), the project's virtual environment active or in .venv,
@@ -75,7 +78,7 @@ mkdir -p "$WORK"/{state,spool,log,munge,runs}
 chmod 755 "$WORK" "$WORK/munge"
 dd if=/dev/urandom of="$WORK/munge.key" bs=1024 count=1 status=none
 chmod 600 "$WORK/munge.key"
-CPUS=$(nproc)
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # the CPUs this machine gives us (nproc alone honours OMP_NUM_THREADS)
 cat > "$WORK/slurm.conf" <<EOF
 # One-node cluster on localhost, written by scripts/slurm_localtest.sh (no cgroups, no accounting).
 ClusterName=gwtlocal
@@ -283,17 +286,42 @@ log "submitit job $JOB4: $(grep -o 'stopped by signal at step [0-9]*' <<<"$LOG4"
 
 fi
 
-# ----------------------------------------------------------------------------- 5. two tasks, one process group
+# ----------------------------------------------------------------------------- 5. FSDP2, two processes
+check_fsdp2() {  # check_fsdp2 RUN_DIR: FSDP2 over 2 processes, each holding about half the optimizer state
+    "$PY" - "$1" <<'EOF'
+import json, sys
+from pathlib import Path
+run = Path(sys.argv[1])
+m = json.loads((run / "result.json").read_text())["metrics"]
+assert m["distributed"] == "fsdp2" and m["world_size"] == 2, (run, m["distributed"], m["world_size"])
+total, per_rank = int(m["optimizer_state_bytes"]), int(m["optimizer_state_bytes_per_rank"])
+assert total > 0 and total <= 2 * per_rank < 1.1 * total, f"{run}: per-rank state {per_rank} of {total} bytes"
+print(f"ok fsdp2 {run.name}: world_size 2, optimizer state {per_rank} of {total} bytes on the largest rank")
+EOF
+}
+
 if want multitask; then
-log "5. submitit job with 2 tasks: one gloo process group through the callback's RANK/WORLD_SIZE/MASTER_*"
+log "5a. sbatch slurm/pretrain_multinode.sbatch with distributed=fsdp2: 2 processes (torchrun, gloo) on one node"
+RUN5=$WORK/runs/fsdp2_sbatch
+JOB5=$(GWT_CPU=1 GPUS_PER_NODE=2 sbatch --parsable "${SBATCH_LOCAL[@]}" --nodes=1 --job-name=fsdp2 \
+       --output="$WORK/log/fsdp2-%j.out" slurm/pretrain_multinode.sbatch "${TINY[@]}" trainer.total_batch_size=8 \
+       distributed=fsdp2 precision=fp32 optimizer=gwt trainer.max_steps="$STEPS" trainer.eval_every="$STEPS" \
+       output_dir="$RUN5")
+log "5b. submitit job with 2 tasks and distributed=fsdp2: one gloo process group through the callback's" \
+    "RANK/WORLD_SIZE/MASTER_* (runs while job $JOB5 runs)"
 SWEEP5=$WORK/runs/multirun_2tasks
 "$PY" train_llama.py -m hydra/launcher=slurm hydra.sweep.dir="$SWEEP5" hydra.launcher.tasks_per_node=2 \
     hydra.launcher.gpus_per_node=null hydra.launcher.cpus_per_task=1 hydra.launcher.timeout_min=15 \
-    "${TINY[@]}" cpu=true trainer.total_batch_size=8 optimizer=gwt trainer.max_steps="$STEPS" trainer.eval_every="$STEPS" \
+    "${TINY[@]}" cpu=true trainer.total_batch_size=8 distributed=fsdp2 precision=fp32 optimizer=gwt \
+    trainer.max_steps="$STEPS" trainer.eval_every="$STEPS" \
     >"$WORK/log/multirun_2tasks.out" 2>&1 || { tail -n 40 "$WORK/log/multirun_2tasks.out"; fail "2-task multirun failed"; }
 check_result "$SWEEP5/0" "$STEPS"
-"$PY" -c "import json,sys; w=json.load(open(sys.argv[1]))['metrics']['world_size']; assert w == 2, w; print('ok world_size', w)" \
-    "$SWEEP5/0/result.json"
+check_fsdp2 "$SWEEP5/0"
+state=$(wait_job "$JOB5" 600)
+[ "$state" = COMPLETED ] || { cat "$WORK"/log/fsdp2-*.out; fail "FSDP2 sbatch job $JOB5 ended $state"; }
+grep -q "torchrun --nnodes 1" "$WORK"/log/fsdp2-"$JOB5".out || { cat "$WORK"/log/fsdp2-*.out; fail "job $JOB5 not launched by torchrun"; }
+check_result "$RUN5" "$STEPS"
+check_fsdp2 "$RUN5"
 fi
 
 log "all Slurm checks passed"

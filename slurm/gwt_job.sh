@@ -28,7 +28,12 @@
 #   GWT_MAX_REQUEUES  give up requeueing after this many restarts (default 20)
 #   GPUS_PER_NODE     processes per node (default: GPUs Slurm gave this node, else 1)
 #   MASTER_PORT       rendezvous port (default: 20000 + job id mod 20000)
-#   GWT_ACCELERATE_ARGS  extra `accelerate launch` flags, e.g. "--mixed_precision bf16"
+#   GWT_ACCELERATE_ARGS  extra `accelerate launch` flags, e.g. "--dynamo_backend no" (not for
+#                     precision: the run's `precision=` key sets it and overrides --mixed_precision)
+#
+# DDP and FSDP2 (`distributed=fsdp2` among the arguments) launch the same way: the launcher
+# only starts one process per GPU with the rendezvous variables; the run forms the process group
+# and, for FSDP2, shards the model itself.
 #   GWT_CPU=1         CPU processes instead of GPUs (GPUS_PER_NODE per node, gloo): launched with
 #                     torchrun and `cpu=true` (used by scripts/slurm_localtest.sh)
 

@@ -1,8 +1,9 @@
 """The Slurm path: sbatch scripts, the submitit launcher configs and the requeue callback.
 
 `test_real_slurm_on_localhost` runs `scripts/slurm_localtest.sh`: a real one-node Slurm
-(slurm-wlm + munge from apt-get) on localhost, an sbatch run, a two-job submitit multirun and
-two pre-emptions that must end by resuming. It needs root and Debian packages; elsewhere it is
+(slurm-wlm + munge from apt-get) on localhost, an sbatch run, a two-job submitit multirun,
+two pre-emptions that must end by resuming, and two-process `distributed=fsdp2` runs through
+slurm/pretrain_multinode.sbatch and through a two-task submitit job. It needs root and Debian packages; elsewhere it is
 skipped with the reason. The other tests are fast and need no Slurm.
 """
 import os
@@ -38,15 +39,28 @@ def test_sbatch_scripts_parse_and_request_signal_and_requeue(path):
 def test_multinode_command_takes_rank_and_master_from_slurm():
     env = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": "2", "SLURM_GPUS_ON_NODE": "4",
            "SLURM_JOB_NODELIST": "nodeA", "SLURM_SUBMIT_DIR": str(REPO), "VIRTUAL_ENV": sys.prefix,
-           "GWT_ACCELERATE_ARGS": "--mixed_precision bf16"}
+           "GWT_ACCELERATE_ARGS": "--dynamo_backend no"}
     out = _bash('source slurm/gwt_job.sh >/dev/null; gwt_setup_env >/dev/null; '
                 'gwt_launch_cmd train_llama.py model=llama_1b method=haar2; printf "%s\\n" "${GWT_CMD[@]}"', env)
     cmd = out.strip().splitlines()[-1]
-    assert "accelerate launch --multi_gpu --mixed_precision bf16" in cmd
+    assert "accelerate launch --multi_gpu --dynamo_backend no" in cmd
     assert "--num_machines 2 --machine_rank $SLURM_NODEID --num_processes 8" in cmd
     assert "--main_process_port 24242" in cmd and "--main_process_ip" in cmd
     assert "trap '' USR1" in cmd  # launchers ignore the forwarded signal; the trainers act on it
     assert "output_dir=runs/slurm/gwt-4242" in cmd and cmd.endswith("resume=true")
+
+
+def test_cpu_fsdp2_command_is_torchrun_with_the_run_arguments():
+    env = {"SLURM_JOB_ID": "77", "SLURM_JOB_NUM_NODES": "2", "GWT_CPU": "1", "GPUS_PER_NODE": "2",
+           "SLURM_JOB_NODELIST": "nodeA", "SLURM_SUBMIT_DIR": str(REPO), "VIRTUAL_ENV": sys.prefix}
+    out = _bash('source slurm/gwt_job.sh >/dev/null; gwt_setup_env >/dev/null; '
+                'gwt_launch_cmd train_llama.py model=llama_tiny distributed=fsdp2 precision=fp32; '
+                'printf "%s\\n" "${GWT_CMD[@]}"', env)
+    cmd = out.strip().splitlines()[-1]
+    assert "exec torchrun --nnodes 2 --node_rank $SLURM_NODEID --nproc_per_node 2" in cmd
+    assert "--master_port 20077" in cmd and "accelerate" not in cmd
+    assert cmd.endswith("train_llama.py model=llama_tiny distributed=fsdp2 precision=fp32 "
+                        "output_dir=runs/slurm/gwt-77 resume=true cpu=true")
 
 
 def test_single_process_command_keeps_given_output_dir():
@@ -150,6 +164,6 @@ def test_real_slurm_on_localhost():
                          capture_output=True, text=True, timeout=1440)
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-6000:]
     for check in ("ok sbatch_tiny", "ok 0:", "ok 1:", "ok preempt_sbatch", "Restarts=1", "ok world_size 2",
-                  "all Slurm checks passed"):
+                  "ok fsdp2 fsdp2_sbatch: world_size 2", "ok fsdp2 0: world_size 2", "all Slurm checks passed"):
         assert check in out.stdout, out.stdout[-6000:]
     assert "daemons stopped; exit status 0" in out.stdout
