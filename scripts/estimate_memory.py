@@ -398,8 +398,16 @@ def model_dims(name: str, configs_dir: Path = REPO / "configs" / "model") -> dic
     return dims
 
 
+def fit_command(models, optimizers, strategies, gpus: int, micro_batch: int, seq_len: int,
+                checkpointing: str = "both") -> str:
+    """The command line that prints this fit table."""
+    return (f"python scripts/estimate_memory.py --fit --models {','.join(models)} --optimizers {','.join(optimizers)} "
+            f"--strategies {','.join(strategies)} --gpus {gpus} --micro-batch {micro_batch} --seq-len {seq_len} "
+            f"--activation-checkpointing {checkpointing}")
+
+
 def fit_table(models, optimizers, strategies, gpus: int, micro_batch: int, seq_len: int, checkpointing,
-              capacities=(24, 80)) -> Table:
+              capacities=(24, 80), command: str | None = None) -> Table:
     """The "does it fit" table: one row per model x optimizer x strategy x activation checkpointing."""
     header = ["Model", "Optimizer", "Parallel", "Act. ckpt", "Weights", "Grads", "Opt. states",
               "bf16 copies", "Activations", "Total / GPU",
@@ -428,6 +436,8 @@ def fit_table(models, optimizers, strategies, gpus: int, micro_batch: int, seq_l
              "copies. FSDP2: weights, gradients and states split by rows over the GPUs (largest shard shown), "
              "bf16 copies = gathered root + two decoder layers + one layer's unsharded gradient."]
     notes += sorted(set(refused))
+    if command:
+        notes.append(f"Command: `{command}`")
     return Table("Does it fit: per-GPU memory, DDP vs FSDP2", header, rows, notes)
 
 
@@ -498,8 +508,12 @@ def main(argv: list[str] | None = None) -> int:
                 model_dims(model)
             except ValueError as err:
                 parser.error(f"--models: {err}")
+        command = fit_command(models, optimizers, strategies, args.gpus, args.micro_batch, args.seq_len,
+                              args.activation_checkpointing)
+        if args.capacities != "24,80":
+            command += f" --capacities {args.capacities}"
         table = fit_table(models, optimizers, strategies, args.gpus, args.micro_batch, args.seq_len,
-                          FIT_CHECKPOINTING[args.activation_checkpointing], capacities)
+                          FIT_CHECKPOINTING[args.activation_checkpointing], capacities, command)
         print(table.latex() if args.latex else table.markdown())
         return 0
     est = Estimator(args.state_bytes, args.weight_bytes, 1e9 if args.unit == "GB" else 2**30)

@@ -114,3 +114,130 @@ def test_qwen_configs_in_the_tables(capsys):
     assert "qwen2_5_60m weights / states" in out and "Haar-2" in out
     with pytest.raises(SystemExit):
         em.main(["--models", "qwen9"])
+
+
+# ----------------------------------------------------------------------------- --fit: DDP vs FSDP2
+FIT_ARGS = dict(gpus=8, micro_batch=4, seq_len=64, checkpointing=False)
+
+
+def _fit(model: str, method: str, strategy: str, **kw):
+    shapes, _ = em.model_shapes(model)
+    return em.fit_bytes(shapes, em.model_dims(model), method, strategy, **{**FIT_ARGS, **kw})
+
+
+@pytest.mark.parametrize("model", ["llama_60m", "qwen2_5_60m"])
+@pytest.mark.parametrize("method, name, options", [
+    ("Full-Rank", "adamw", {}),
+    ("Haar-2", "gwt", {"wavelet": "haar", "level": 2}),
+])
+@pytest.mark.parametrize("gpus", [2, 3, 8])
+def test_fsdp2_states_are_the_largest_shard(model, method, name, options, gpus):
+    """The per-GPU optimizer-state column under FSDP2 is estimate_state_bytes' shard 0 (the largest);
+    under DDP every GPU holds the whole model's states."""
+    from gwt.memory import estimate_state_bytes
+
+    shapes, _ = em.model_shapes(model)
+    targets = em.llama_targets(shapes)
+    fsdp2 = _fit(model, method, "fsdp2", gpus=gpus)
+    shards = [estimate_state_bytes(shapes, name, targets=targets, world_size=gpus, shard=k, **options)
+              for k in range(gpus)]
+    assert fsdp2["states"] == shards[0] == max(shards)
+    ddp = _fit(model, method, "ddp", gpus=gpus)
+    assert ddp["states"] == estimate_state_bytes(shapes, name, targets=targets, **options)
+    assert ddp["states"] / gpus <= fsdp2["states"] < ddp["states"]
+
+
+@pytest.mark.parametrize("gpus", [2, 4, 8])
+def test_fsdp2_weights_and_grads_are_about_one_nth(gpus):
+    ddp = _fit("llama_1b", "Haar-2", "ddp", gpus=gpus)
+    fsdp2 = _fit("llama_1b", "Haar-2", "fsdp2", gpus=gpus)
+    shapes, _ = em.model_shapes("llama_1b")
+    params = sum(torch.Size(s).numel() for s in shapes.values())
+    assert ddp["weights"] == 4 * params and ddp["grads"] == 2 * 4 * params  # + DDP's all-reduce buckets
+    assert fsdp2["weights"] == fsdp2["grads"]
+    assert fsdp2["weights"] == pytest.approx(ddp["weights"] / gpus, rel=0.01)
+    assert fsdp2["total"] < ddp["total"]
+    # one process: no DDP buckets; FSDP2 on one GPU holds everything
+    one = _fit("llama_1b", "Haar-2", "fsdp2", gpus=1)
+    assert one["weights"] == 4 * params and _fit("llama_1b", "Haar-2", "ddp", gpus=1)["grads"] == 4 * params
+    assert sum(v for k, v in fsdp2.items() if k != "total") == fsdp2["total"]
+
+
+def test_galore_with_fsdp2_is_refused_in_one_line(capsys):
+    assert _fit("llama_60m", "GaLore-1/4", "ddp")["states"] > 0
+    with pytest.raises(ValueError, match="GaLore") as err:
+        _fit("llama_60m", "GaLore-1/4", "fsdp2")
+    assert "\n" not in str(err.value) and "distributed=ddp" in str(err.value)
+    with pytest.raises(SystemExit) as exit_:
+        em.main(["--fit", "--models", "llama_60m", "--optimizers", "galore_1_4", "--strategies", "fsdp2"])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert "--optimizers" in captured.err and "GaLore" in captured.err
+    # in a table with both strategies, GaLore gets DDP rows and a note saying why FSDP2 has none
+    assert em.main(["--fit", "--models", "llama_60m", "--optimizers", "galore_1_4"]) == 0
+    out = capsys.readouterr().out
+    assert "| llama_60m | GaLore-1/4 | DDP x8 |" in out and "FSDP2 x8" not in out.split("\n- ")[0]
+    assert "GaLore-1/4 with FSDP2: refused" in out
+
+
+@pytest.mark.parametrize("argv, argument, valid", [
+    (["--optimizers", "adam"], "--optimizers", "adamw, haar2, galore_1_4"),
+    (["--strategies", "zero3"], "--strategies", "ddp, fsdp2"),
+    (["--gpus", "0"], "--gpus", "integer >= 1"),
+    (["--micro-batch", "x"], "--micro-batch", "integer >= 1"),
+    (["--seq-len", "-5"], "--seq-len", "integer >= 1"),
+    (["--activation-checkpointing", "maybe"], "--activation-checkpointing", "both"),
+    (["--capacities", "24,big"], "--capacities", "positive numbers"),
+    (["--models", "llama_3m"], "--models", "llama_60m"),
+])
+def test_bad_fit_arguments_give_one_line(capsys, argv, argument, valid):
+    with pytest.raises(SystemExit) as exit_:
+        em.main(["--fit", *argv])
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and argument in lines[0] and valid in lines[0], lines
+
+
+def test_activation_formula_equals_saved_tensors():
+    """The per-layer and head terms equal the bytes autograd saves in a real forward of a tiny LLaMA with
+    SDPA: DDP under bf16 autocast (fp32 weights), FSDP2 as its bf16 parameters compute (a bf16 model)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    b, s = 3, 40
+    ids = torch.randint(0, TINY["vocab_size"], (b, s))
+    for strategy in ("ddp", "fsdp2"):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(**TINY, attn_implementation="sdpa"))
+        if strategy == "fsdp2":
+            model.to(torch.bfloat16)
+        saved: dict[int, int] = {}
+
+        def pack(t):
+            # activations: batch-major tensors (not weights, their bf16 casts, or the RoPE tables)
+            batch_major = (t.dim() >= 3 and t.shape[0] == b) or (t.dim() == 2 and t.shape[0] == b * s)
+            if t.dtype.is_floating_point and batch_major and not (t.requires_grad and t.grad_fn is None):
+                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=strategy == "ddp"):
+                model(input_ids=ids, labels=ids).loss.backward()
+        formula = em.saved_activation_bytes(TINY, b, s, strategy)
+        assert sum(saved.values()) == TINY["num_hidden_layers"] * formula["layer"] + formula["head"], strategy
+    ddp = em.activation_bytes(em.model_dims("llama_1b"), 32, 256, "ddp", checkpointing=False)
+    ckpt = em.activation_bytes(em.model_dims("llama_1b"), 32, 256, "ddp", checkpointing=True)
+    assert ckpt < ddp / 3
+    assert em.activation_bytes(em.model_dims("llama_1b"), 16, 256, "ddp", False) * 2 == ddp  # linear in b
+
+
+def test_committed_fit_table_is_what_the_script_prints(capsys):
+    committed = (REPO / "results" / "memory" / "fit_llama_1b_7b.md").read_text()
+    command = [line for line in committed.splitlines() if line.startswith("- Command: ")][0]
+    argv = command.split("`")[1].split()[2:]
+    assert argv[:3] == ["--fit", "--models", "llama_1b,llama_7b"]
+    assert em.main(argv) == 0
+    assert capsys.readouterr().out == committed
+    assert "| llama_7b | GWT Haar-2 | FSDP2 x8 | on |" in committed
