@@ -108,18 +108,36 @@ def llama_config(hidden_size: int, intermediate_size: int, num_attention_heads: 
     embeddings, no dropout, init std 0.02, BOS 0 / EOS 1 / no pad (the T5 ids)."""
     from transformers import LlamaConfig
 
-    if hidden_size % num_attention_heads:
-        raise ValueError(f"model.hidden_size={hidden_size} is not divisible by model.num_attention_heads="
-                         f"{num_attention_heads}")
-    config = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_attention_heads=num_attention_heads, num_key_value_heads=num_attention_heads,
-        num_hidden_layers=num_hidden_layers, max_position_embeddings=max_position_embeddings,
-        rms_norm_eps=rms_norm_eps, initializer_range=initializer_range, hidden_act="silu",
-        tie_word_embeddings=tie_word_embeddings, attention_dropout=0.0, use_cache=False,
-        bos_token_id=0, eos_token_id=1, pad_token_id=None)
+    return _decoder_config(
+        LlamaConfig, attn_implementation, vocab_size=vocab_size, hidden_size=hidden_size,
+        intermediate_size=intermediate_size, num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_attention_heads, num_hidden_layers=num_hidden_layers,
+        max_position_embeddings=max_position_embeddings, rms_norm_eps=rms_norm_eps,
+        initializer_range=initializer_range, tie_word_embeddings=tie_word_embeddings, bos_token_id=0,
+        eos_token_id=1, pad_token_id=None)
+
+
+def _decoder_config(config_cls, attn_implementation: str, **keys):
+    """``config_cls(**keys)`` with what every pre-training decoder shares (SiLU MLP, no dropout, no KV
+    cache), after checking the head counts divide (one line naming the model.* key)."""
+    hidden, heads, kv_heads = keys["hidden_size"], keys["num_attention_heads"], keys["num_key_value_heads"]
+    if hidden % heads:
+        raise ValueError(f"model.hidden_size={hidden} is not divisible by model.num_attention_heads={heads}")
+    if heads % kv_heads:
+        raise ValueError(f"model.num_attention_heads={heads} is not divisible by model.num_key_value_heads="
+                         f"{kv_heads} (grouped-query attention)")
+    config = config_cls(hidden_act="silu", attention_dropout=0.0, use_cache=False, **keys)
     config._attn_implementation = attn_implementation
     return config
+
+
+def _seeded(model_cls, config, seed: int | None):
+    """``model_cls(config)``, randomly initialised after seeding torch with ``seed`` (when given)."""
+    import torch
+
+    if seed is not None:
+        torch.manual_seed(int(seed))
+    return model_cls(config)
 
 
 def build_llama(hidden_size: int, intermediate_size: int, num_attention_heads: int, num_hidden_layers: int,
@@ -130,15 +148,12 @@ def build_llama(hidden_size: int, intermediate_size: int, num_attention_heads: i
 
     ``seed`` (when given) seeds torch first, so the initial weights depend only on it.
     """
-    import torch
     from transformers import LlamaForCausalLM
 
     config = llama_config(hidden_size, intermediate_size, num_attention_heads, num_hidden_layers, vocab_size,
                           max_position_embeddings, rms_norm_eps, initializer_range, tie_word_embeddings,
                           attn_implementation)
-    if seed is not None:
-        torch.manual_seed(int(seed))
-    return LlamaForCausalLM(config)
+    return _seeded(LlamaForCausalLM, config, seed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,21 +171,13 @@ def qwen2_config(hidden_size: int, intermediate_size: int, num_attention_heads: 
     sliding window, no dropout), randomly initialised with std ``initializer_range``."""
     from transformers import Qwen2Config
 
-    if hidden_size % num_attention_heads:
-        raise ValueError(f"model.hidden_size={hidden_size} is not divisible by model.num_attention_heads="
-                         f"{num_attention_heads}")
-    if num_attention_heads % num_key_value_heads:
-        raise ValueError(f"model.num_attention_heads={num_attention_heads} is not divisible by "
-                         f"model.num_key_value_heads={num_key_value_heads} (grouped-query attention)")
-    config = Qwen2Config(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
-        num_hidden_layers=num_hidden_layers, max_position_embeddings=max_position_embeddings,
-        rms_norm_eps=rms_norm_eps, initializer_range=initializer_range, hidden_act="silu",
-        tie_word_embeddings=tie_word_embeddings, attention_dropout=0.0, use_cache=False,
-        use_sliding_window=False, rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta)})
-    config._attn_implementation = attn_implementation
-    return config
+    return _decoder_config(
+        Qwen2Config, attn_implementation, vocab_size=vocab_size, hidden_size=hidden_size,
+        intermediate_size=intermediate_size, num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads, num_hidden_layers=num_hidden_layers,
+        max_position_embeddings=max_position_embeddings, rms_norm_eps=rms_norm_eps,
+        initializer_range=initializer_range, tie_word_embeddings=tie_word_embeddings, use_sliding_window=False,
+        rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta)})
 
 
 def build_qwen2(hidden_size: int, intermediate_size: int, num_attention_heads: int, num_key_value_heads: int,
@@ -178,15 +185,12 @@ def build_qwen2(hidden_size: int, intermediate_size: int, num_attention_heads: i
                 rms_norm_eps: float = 1e-6, initializer_range: float = 0.02, tie_word_embeddings: bool = True,
                 rope_theta: float = 1e6, attn_implementation: str = "sdpa", seed: int | None = None):
     """A randomly initialised ``Qwen2ForCausalLM``; ``seed`` (when given) seeds torch first."""
-    import torch
     from transformers import Qwen2ForCausalLM
 
     config = qwen2_config(hidden_size, intermediate_size, num_attention_heads, num_key_value_heads,
                           num_hidden_layers, vocab_size, max_position_embeddings, rms_norm_eps, initializer_range,
                           tie_word_embeddings, rope_theta, attn_implementation)
-    if seed is not None:
-        torch.manual_seed(int(seed))
-    return Qwen2ForCausalLM(config)
+    return _seeded(Qwen2ForCausalLM, config, seed)
 
 
 #: model.architecture -> (builder, the model-YAML keys it takes). A model YAML without the key is LLaMA.
