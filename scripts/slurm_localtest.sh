@@ -52,7 +52,7 @@ for port in range(16917, 17917, 2):
 CTLD_PORT=${GWT_SLURM_PORT:-$(free_port_pair)}
 NODE=$(hostname -s)
 STEPS=${GWT_SLURM_STEPS:-3}                 # steps of the quick runs
-PREEMPT_STEPS=${GWT_SLURM_PREEMPT_STEPS:-6} # steps of the runs that get the signal
+PREEMPT_STEPS=${GWT_SLURM_PREEMPT_STEPS:-60} # steps of the runs that get the signal (enough that a fast machine cannot finish them before the signal lands)
 export GWT_DATA_DIR=${GWT_DATA_DIR:-$(realpath -m "$REPO/../shared/data")}
 export GWT_TOKENIZER_DIR=${GWT_TOKENIZER_DIR:-$(realpath -m "$REPO/../shared/tokenizers")}
 if [ -z "${VIRTUAL_ENV:-}" ] && [ -f "$REPO/.venv/bin/activate" ]; then
