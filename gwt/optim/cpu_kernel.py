@@ -348,17 +348,25 @@ def plan(n: int, wavelet: str, level: int) -> DWTPlan:
     return DWTPlan(n, wavelet, level)
 
 
+def _checked_plan(kernel: str, what: str, mats, grads, exp_avgs, exp_avg_sqs, prev_norms, wavelet: str,
+                  level: int) -> DWTPlan:
+    """The plan of same-shape 2-D ``mats`` after checking every tensor against it (before any call)."""
+    if not mats or mats[0].dim() != 2:
+        raise ValueError(f"{kernel}: {what} must be a non-empty list of 2-D matrices")
+    rows, n = mats[0].shape
+    the_plan = plan(n, wavelet, level)
+    _check_matrices(kernel, mats, grads, exp_avgs, exp_avg_sqs, prev_norms, the_plan.state_shape(rows))
+    return the_plan
+
+
 def _dwt_step(params, grads, exp_avgs, exp_avg_sqs, prev_norms, wavelet, level, beta1, beta2, eps, step_alpha,
               gamma, decay) -> None:
     kernel = "gwt::cpu_dwt_step"
     if prev_norms and gamma is None:
         raise ValueError(f"{kernel}: prev_norms given without gamma")
     _check_scalars(kernel, beta1, beta2, eps, gamma)
-    if not params or params[0].dim() != 2:
-        raise ValueError(f"{kernel}: parameters must be a non-empty list of 2-D matrices")
-    rows, n = params[0].shape
-    the_plan = plan(n, wavelet, level)
-    _check_matrices(kernel, params, grads, exp_avgs, exp_avg_sqs, prev_norms, the_plan.state_shape(rows))
+    the_plan = _checked_plan(kernel, "parameters", params, grads, exp_avgs, exp_avg_sqs, prev_norms, wavelet,
+                             level)
     norms_sq = the_plan.pass1(grads, exp_avgs, exp_avg_sqs, beta1, beta2, eps)
     if prev_norms:
         norms = norms_sq.sqrt()
@@ -403,11 +411,7 @@ def dwt_pass1(grads, exp_avgs, exp_avg_sqs, wavelet: str, level: int, beta1: flo
     (``wavelet="haar"``), which equals the closed form with boundary ``zero``."""
     kernel = "gwt::cpu_dwt_pass1"
     _check_scalars(kernel, beta1, beta2, eps, None)
-    if not grads or grads[0].dim() != 2:
-        raise ValueError(f"{kernel}: gradients must be a non-empty list of 2-D matrices")
-    rows, n = grads[0].shape
-    the_plan = plan(n, wavelet, level)
-    _check_matrices(kernel, grads, grads, exp_avgs, exp_avg_sqs, None, the_plan.state_shape(rows))
+    the_plan = _checked_plan(kernel, "gradients", grads, grads, exp_avgs, exp_avg_sqs, None, wavelet, level)
     return the_plan.pass1(list(grads), list(exp_avgs), list(exp_avg_sqs), beta1, beta2, eps)
 
 
@@ -417,11 +421,7 @@ def dwt_pass2(params, grads, exp_avgs, exp_avg_sqs, wavelet: str, level: int, ep
     the moments pass 1 left, then ``W -= decay * W``; ``scales``: fp32 CPU tensor, one per matrix
     (step size * alpha / limiter factor)."""
     kernel = "gwt::cpu_dwt_pass2"
-    if not params or params[0].dim() != 2:
-        raise ValueError(f"{kernel}: parameters must be a non-empty list of 2-D matrices")
-    rows, n = params[0].shape
-    the_plan = plan(n, wavelet, level)
-    _check_matrices(kernel, params, grads, exp_avgs, exp_avg_sqs, None, the_plan.state_shape(rows))
+    the_plan = _checked_plan(kernel, "parameters", params, grads, exp_avgs, exp_avg_sqs, None, wavelet, level)
     if not (eps > 0.0):
         raise ValueError(f"{kernel}: eps={eps}; valid: eps > 0")
     _check(kernel, "scales", [scales], torch.Size((len(params),)), 1)
