@@ -15,7 +15,10 @@ the refresh step is timed separately (a twin optimizer with gap 1) and amortised
 
 GWT-AdamW methods are named ``gwt_haar<level>@<backend>`` and ``gwt_db2_<level>@<backend>`` for
 every backend that runs on the device (``cpu``, ``torch``, ``compile`` on the CPU; ``triton``,
-``compile``, ``torch`` on CUDA; see the ``backend`` option of GWTAdamW).
+``compile``, ``torch`` on CUDA; see the ``backend`` option of GWTAdamW). On CUDA,
+``...@triton+graph`` (GWTAdamW with ``capturable=True``) and ``adamw_fused@graph`` (torch's fused
+AdamW with ``capturable=True``) replay one CUDA graph of the step: the first warm-up round steps
+eagerly, the second captures (so these need ``--warmup 2`` or more), and the timed rounds replay.
 """
 from __future__ import annotations
 
@@ -55,6 +58,24 @@ def available_backends(device: torch.device) -> list[str]:
     return (["triton"] if triton_available() else []) + ["compile", "torch"]
 
 
+class GraphedStep:
+    """An optimizer whose ``step()`` replays one CUDA graph of its own step: the first call steps
+    eagerly (kernels built, address tables cached), the second captures and replays."""
+
+    def __init__(self, opt):
+        self.opt, self.graph, self.calls = opt, None, 0
+
+    def step(self):
+        self.calls += 1
+        if self.calls == 1:
+            return self.opt.step()
+        if self.graph is None:
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # recorded, not run
+                self.opt.step()
+        self.graph.replay()
+
+
 def method_builders(hidden: int, gap: int, backends: list[str]) -> dict:
     rank = hidden // 4
 
@@ -74,14 +95,24 @@ def method_builders(hidden: int, gap: int, backends: list[str]) -> dict:
     }
     # GWT-AdamW through every backend that runs on the device, side by side (method@backend);
     # for wavelets other than Haar, torch and compile both run ptwt's transform: one entry.
+    graphs = "triton" in backends  # CUDA with triton: the captured variants too
+    if graphs:
+        builders["adamw_fused@graph"] = lambda ps: GraphedStep(torch.optim.AdamW(ps, lr=1e-3, fused=True,
+                                                                                 capturable=True))
     for level in range(1, 8):
         for backend in backends:
             builders[f"gwt_haar{level}@{backend}"] = lambda ps, lv=level, b=backend: GWTAdamW(
                 ps, lr=1e-3, level=lv, backend=b)
+        if graphs:
+            builders[f"gwt_haar{level}@triton+graph"] = lambda ps, lv=level: GraphedStep(GWTAdamW(
+                ps, lr=1e-3, level=lv, backend="triton", capturable=True))
     for level in range(1, 4):
         for backend in (b for b in backends if b != "compile"):
             builders[f"gwt_db2_{level}@{backend}"] = lambda ps, lv=level, b=backend: GWTAdamW(
                 ps, lr=1e-3, wavelet="db2", level=lv, backend=b)
+        if graphs:
+            builders[f"gwt_db2_{level}@triton+graph"] = lambda ps, lv=level: GraphedStep(GWTAdamW(
+                ps, lr=1e-3, wavelet="db2", level=lv, backend="triton", capturable=True))
     builders["galore"] = low_rank("galore_torch", "GaLoreAdamW", scale=0.25)
     builders["apollo"] = low_rank("apollo_torch", "APOLLOAdamW", scale=1.0, scale_type="channel", proj="random")
     builders["fira"] = low_rank("fira", "FiraAdamW", alpha=0.25)
@@ -124,7 +155,8 @@ def bench_size(size: str, device: torch.device, methods: list[str], rounds: int,
         t = statistics.median(timings[name])
         if name in refresh:
             t = t + (statistics.median(timings[f"{name}@refresh"]) - t) / gap
-        rows.append(dict(size=size, method=name, step_ms=t * 1e3, state_mb=optimizer_state_bytes(opt) / 2**20,
+        state = optimizer_state_bytes(getattr(opt, "opt", opt))
+        rows.append(dict(size=size, method=name, step_ms=t * 1e3, state_mb=state / 2**20,
                          vs_fused=t / fused if fused else None,
                          params_m=sum(p.numel() for p in params) / 1e6))
     return rows
@@ -161,6 +193,9 @@ def main(argv=None):
     if args.rounds < 1 or args.warmup < 0:
         parser.error(f"--rounds={args.rounds}, --warmup={args.warmup}: valid: rounds >= 1 (10 or more for a "
                      "reliable median), warmup >= 0")
+    graphed = [name for name in methods if name.endswith("graph")]
+    if graphed and args.warmup < 2:
+        parser.error(f"--warmup={args.warmup} with {graphed[0]}: valid: 2 or more (one eager step, one capture)")
     rows = []
     for size in args.sizes:
         rows += bench_size(size, device, methods, args.rounds, args.warmup, args.proj_gap)

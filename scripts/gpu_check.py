@@ -51,7 +51,7 @@ COMPILE_BASES = ("gwt_haar2",)
 
 # Sizes: a GPU check and its CPU dry run differ only here.
 FULL = dict(
-    device="cuda", bench_sizes=["60m", "130m"], bench_rounds=10, bench_warmup=2, bench_backends=("triton", "compile", "torch"),
+    device="cuda", bench_sizes=["60m", "130m"], bench_rounds=10, bench_warmup=2, bench_backends=("triton", "triton+graph", "graph", "compile", "torch"),
     train=["model=llama_60m", "precision=bf16", "trainer.seq_len=256"], seq_len=256, steps=40, micro_batch=64,
     eval_tokens=65536, probe_start=64, probe_cap=8192, probe_steps=2,
     glue=["task=rte", "precision=bf16", "trainer.max_steps=30", "trainer.max_length=128",

@@ -7,6 +7,7 @@ update, details divided by the aligned denominator, inverse transform times ``al
 """
 from __future__ import annotations
 
+import os
 
 import torch
 
@@ -18,6 +19,7 @@ from gwt.optim._common import (
     group_is_gwt,
     limiter_factor,
     norm_growth_limit,
+    resolve_backend,
     step_scalars,
 )
 from gwt.optim import cpu_kernel, distributed
@@ -145,6 +147,30 @@ class _Scalars:
         return self._device
 
 
+class _DeviceScalars:
+    """The step scalars of one batch under ``capturable=True``, computed on the device from the
+    batch's per-parameter step counters (already incremented) and the group's lr (a number, or a
+    one-element tensor on the device): one fp32 step size per parameter and one decay. In fp64,
+    as the host computes them; no value crosses to or from the host."""
+
+    __slots__ = ("group", "steps")
+
+    def __init__(self, group: dict, steps: list):
+        self.group, self.steps = group, steps
+
+    def device_tensors(self, device: torch.device):
+        beta1, beta2 = self.group["betas"]
+        t = torch.stack(self.steps).to(torch.float64)
+        correction = torch.sqrt(1.0 - torch.pow(beta2, t)) / (1.0 - torch.pow(beta1, t))
+        lr, wd = self.group["lr"], self.group["weight_decay"]
+        if isinstance(lr, torch.Tensor):
+            lr = lr.reshape(()).to(torch.float64)
+            decay = (lr * wd).to(torch.float32)
+        else:
+            decay = torch.full((), lr * wd, dtype=torch.float32, device=device)
+        return (correction * lr).to(torch.float32), decay
+
+
 #: What each backend runs for each kind of parameter: ``haar`` (Haar closed form), ``dwt`` (any
 #: other wavelet, or Haar where the closed form does not apply) and ``adam`` (level-0 groups).
 #: Values name methods of GWTAdamW taking ``(items, group, scalars)``; ``_ptwt`` is the general
@@ -200,6 +226,13 @@ class GWTAdamW(GWTOptimizerBase):
         limiter: norm-growth limiter threshold gamma (1.01); None disables it.
         state_dtype: None (fp32, fp64 for fp64 parameters), ``"float32"`` or ``"bfloat16"``.
             Arithmetic is fp32 (fp64) whatever the parameter and state dtypes.
+        capturable: keep each parameter's step count on its device and compute the step scalars
+            there, so ``step()`` never synchronises with the host and can be captured in a CUDA
+            graph (after warm-up steps that build the kernels and their address tables). Needs
+            the ``triton`` backend for every parameter (``auto`` picks it on CUDA), no DTensor
+            parameters, and gradients laid out as their parameters. ``lr`` may then be a
+            one-element tensor on the parameters' device: a graph reads it at each replay (torch's
+            learning-rate schedulers update tensor lrs in place); a Python number is fixed at capture.
         backend: which code runs the step (table :data:`STEPS`): ``"auto"`` (default; None reads
             the environment variable GWT_BACKEND), ``"torch"`` (eager torch ops; ptwt for
             wavelets other than Haar), ``"compile"`` (the torch ops through ``torch.compile``),
@@ -221,7 +254,13 @@ class GWTAdamW(GWTOptimizerBase):
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
                  weight_decay: float = 0.0, *, wavelet: str | None = "haar", level: int = 2,
                  alpha: float = 0.25, boundary: str = "zero", limiter: float | None = 1.01,
-                 state_dtype=None, backend: str | None = "auto", compile=None):
+                 state_dtype=None, backend: str | None = "auto", capturable: bool = False, compile=None):
+        if not isinstance(capturable, bool):
+            raise ValueError(f"capturable={capturable!r}; valid: True or False")
+        self.capturable = capturable  # read by the group checks below
+        if capturable and resolve_backend(backend) not in ("auto", "triton"):
+            raise ValueError(f"capturable=True needs backend='triton' (or 'auto' on CUDA), not "
+                             f"backend={resolve_backend(backend)!r}; valid: capturable=False with that backend")
         if compile is not None:
             raise ValueError(f"compile={compile!r} is not an option of GWTAdamW; valid: backend='compile' "
                              f"(or {', '.join(map(repr, self.BACKENDS))})")
@@ -232,8 +271,54 @@ class GWTAdamW(GWTOptimizerBase):
     def _reset_caches(self) -> None:
         self._routes: dict = {}  # parameter -> _Route
 
+    def __getstate__(self):
+        return dict(super().__getstate__(), capturable=self.capturable)
+
+    def __setstate__(self, state):
+        # also called by torch's load_state_dict with the groups and states only: keep the flag
+        state.setdefault("capturable", self.__dict__.get("capturable", False))
+        super().__setstate__(state)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As :meth:`GWTOptimizerBase.load_state_dict`; with ``capturable=True`` a tensor lr of a
+        saved group is moved to its parameters' device (a state dict loaded onto the CPU)."""
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if self.capturable and isinstance(groups, list) and len(groups) == len(self.param_groups):
+            moved = []
+            for saved, group in zip(groups, self.param_groups):
+                lr = saved.get("lr") if isinstance(saved, dict) else None
+                if isinstance(lr, torch.Tensor) and group["params"]:
+                    saved = dict(saved, lr=lr.to(group["params"][0].device))
+                moved.append(saved)
+            state_dict = dict(state_dict, param_groups=moved)
+        super().load_state_dict(state_dict)
+
+    def _check_lr(self, lr) -> None:
+        if isinstance(lr, torch.Tensor) and getattr(self, "capturable", False):
+            if lr.numel() != 1 or not lr.is_floating_point() or lr.requires_grad:
+                raise ValueError(f"lr={lr!r}: a tensor lr must hold one floating-point value (no grad); "
+                                 "valid: a Python number, or a one-element float tensor with capturable=True")
+            check_range("lr", float(lr), 0.0)  # read once here, never in step()
+            return
+        if isinstance(lr, torch.Tensor):
+            raise ValueError(f"lr={lr!r} is a tensor; valid: a Python number, or capturable=True (whose graphs "
+                             "read a tensor lr at each replay)")
+        check_range("lr", lr, 0.0)
+
     def _check_group(self, group: dict) -> None:
         group["betas"] = check_betas(group["betas"])
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor):
+            for i, p in enumerate(group["params"]):
+                if p.device != lr.device:
+                    raise ValueError(f"lr is a tensor on {lr.device} but parameter "
+                                     f"{self.param_name(group, i, len(self.param_groups) - 1)} is on {p.device}; "
+                                     "valid: the lr tensor on the parameters' device")
+        if self.capturable and os.environ.get("TRITON_INTERPRET", "0") != "1":
+            for i, p in enumerate(group["params"]):
+                if p.device.type != "cuda":
+                    raise ValueError(f"capturable=True but parameter {self.param_name(group, i, len(self.param_groups) - 1)}"
+                                     f" is on {p.device}; valid: CUDA tensors, or capturable=False")
         check_range("eps", group["eps"], 0.0, low_open=True)
         if self.backend == "cpu":
             if cpu_kernel.library() is None:
@@ -243,12 +328,13 @@ class GWTAdamW(GWTOptimizerBase):
                 if p.device.type != "cpu":
                     raise ValueError(f"backend='cpu' but parameter {self.param_name(group, i, len(self.param_groups) - 1)}"
                                      f" is on {p.device}; valid: CPU tensors, or backend='auto'")
-        elif self.backend == "triton" and not triton_available():
-            raise RuntimeError("backend='triton' needs triton and a CUDA device (or TRITON_INTERPRET=1); "
-                               "valid here: backend='auto', 'torch', 'compile' or 'cpu'")
+        elif (self.backend == "triton" or self.capturable) and not triton_available():
+            what = "capturable=True" if self.capturable else "backend='triton'"
+            raise RuntimeError(f"{what} needs triton and a CUDA device (or TRITON_INTERPRET=1); valid here: "
+                               "capturable=False with backend='auto', 'torch', 'compile' or 'cpu'")
 
     def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
-        state["step"] = torch.tensor(0.0)
+        state["step"] = torch.tensor(0.0, device=p.device if self.capturable else None)
         shape = self.approx_shape(p, group) if group_is_gwt(group) else p.shape
         state["exp_avg"] = self._new_state_tensor(shape, p)
         state["exp_avg_sq"] = self._new_state_tensor(shape, p)
@@ -284,6 +370,8 @@ class GWTAdamW(GWTOptimizerBase):
         kind = self._kind(p, group)
         key, p = p, (p if p_local is None else p_local)
         backend = self.backend
+        if backend == "auto" and self.capturable:
+            backend = "triton"
         if backend == "auto":
             if p.device.type == "cpu" and self._fits("cpu", p, group, "adam"):
                 backend = "cpu"
@@ -309,6 +397,9 @@ class GWTAdamW(GWTOptimizerBase):
     @torch.no_grad()
     def step(self, closure=None):
         loss = self._evaluate(closure)
+        if self.capturable:
+            self._device_step()
+            return loss
         routes = self._routes
         sharded = []
         for group in self.param_groups:
@@ -336,6 +427,44 @@ class GWTAdamW(GWTOptimizerBase):
         if sharded:
             self._sharded_step(sharded)
         return loss
+
+    def _where(self, group: dict, p: torch.Tensor) -> str:
+        index = next(i for i, q in enumerate(group["params"]) if q is p)
+        return self.param_name(group, index, next(g for g, x in enumerate(self.param_groups) if x is group))
+
+    def _device_step(self) -> None:
+        """``capturable=True``: the step counts live on the device and are incremented there, one
+        call per batch; every batch runs on the Triton kernels with per-parameter step sizes
+        (:class:`_DeviceScalars`). Nothing here reads a device value on the host."""
+        for group in self.param_groups:
+            batches: dict[tuple, list] = {}
+            for p, grad in self._params_with_grad(group):
+                state = self.state[p]
+                if not state:
+                    self._init_state(p, group, state)
+                if p.numel() == 0:
+                    state["step"].add_(1.0)
+                    continue
+                if distributed.is_dtensor(p):
+                    raise RuntimeError(f"capturable=True does not step DTensor parameters (parameter "
+                                       f"{self._where(group, p)}); valid: capturable=False")
+                route = self._routes.get(p) or self._route(p, group)
+                if route.backend != "triton" or route.method == "_ptwt":
+                    raise RuntimeError(f"capturable=True needs the triton backend, but parameter {self._where(group, p)} "
+                                       f"({p.dtype} on {p.device}, boundary={group['boundary']!r}) would step on "
+                                       f"{'ptwt' if route.method == '_ptwt' else route.backend}; valid: CUDA tensors "
+                                       "of fp32/bf16 (boundary 'zero' for GWT groups), or capturable=False")
+                if not (grad.dtype == p.dtype and grad.device == p.device and grad.is_contiguous()):
+                    raise RuntimeError(f"capturable=True: the gradient of parameter {self._where(group, p)} is "
+                                       f"{grad.dtype} on "
+                                       f"{grad.device} (contiguous={grad.is_contiguous()}); valid: contiguous, with "
+                                       "its parameter's dtype and device")
+                shape = () if route.any_shape else p.shape
+                batches.setdefault((route.method, shape, p.dtype, p.device), []).append((p, grad, state))
+            for (method, *_), items in batches.items():
+                steps = [state["step"] for _, _, state in items]
+                torch._foreach_add_(steps, 1.0)
+                getattr(self, method)(items, group, _DeviceScalars(group, steps))
 
     # -- DTensor parameters (gwt/optim/distributed.py) ----------------------------------------
 

@@ -32,7 +32,7 @@ class GWTOptimizerBase(torch.optim.Optimizer):
     GROUP_KEYS: tuple[str, ...] = ("lr", "weight_decay")
 
     def __init__(self, params, defaults: dict, *, state_dtype=None, backend: str | None = "auto"):
-        check_range("lr", defaults["lr"], 0.0)
+        self._check_lr(defaults["lr"])
         check_range("weight_decay", defaults["weight_decay"], 0.0)
         self.state_dtype = resolve_state_dtype(state_dtype)
         self.backend = resolve_backend(backend)
@@ -59,13 +59,17 @@ class GWTOptimizerBase(torch.optim.Optimizer):
         if group.pop("closed_form", True) is not True:
             raise ValueError(f"closed_form=False is not an option of {type(self).__name__}; the Haar closed form is "
                              "exact (wavelet='db1' runs Haar through the general transform)")
-        check_range("lr", group["lr"], 0.0)
+        self._check_lr(group["lr"])
         check_range("weight_decay", group["weight_decay"], 0.0)
         for i, p in enumerate(group["params"]):
             if distributed.is_dtensor(p):
                 distributed.check_placements(p, self.param_name(group, i, len(self.param_groups) - 1))
         self._check_group(group)
         check_gwt_group(group, group.get("param_names"))
+
+    def _check_lr(self, lr) -> None:
+        """A learning rate: a Python number >= 0 (subclasses may accept more)."""
+        check_range("lr", lr, 0.0)
 
     def _check_group(self, group: dict) -> None:
         """Subclass hook for rule-specific keys."""

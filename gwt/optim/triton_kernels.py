@@ -6,8 +6,10 @@ tensors (parameters, gradients, the two Adam states and, with the limiter, the 0
 ``prev_norm`` of each matrix) and updates them in place. The matrices reach the kernels through
 tables of their data addresses (int64 device tensors, cached by address), so nothing is stacked or
 copied. ``step_size = lr * sqrt(1 - beta2**t) / (1 - beta1**t)`` and ``decay = lr * weight_decay``
-are 0-d fp32 tensors on the device: no value travels to or from the host during a step, so a step
-whose address tables and scratch buffers are already cached can be captured in a CUDA graph.
+are fp32 tensors on the device (``step_size`` one value for all matrices, or one per matrix as
+GWTAdamW's ``capturable=True`` computes them from per-parameter step counts on the device): no value
+travels to or from the host during a step, so a step whose address tables and scratch buffers are
+already cached can be captured in a CUDA graph.
 
 Two passes, as in the CPU kernels (gwt/csrc/):
 - pass 1 reads the gradient once: the level-``l`` approximation (Haar: block means), Adam moments
@@ -71,10 +73,11 @@ def _ptr(table, index, DT: tl.constexpr):
     return tl.load(table + index).to(tl.pointer_type(DT))
 
 
-def _limiter(sums, c, step_ptr, alpha, gamma, LIMIT: tl.constexpr):
+def _limiter(sums, c, step_ptr, step_stride, alpha, gamma, LIMIT: tl.constexpr):
     """``step_size * alpha / lam`` of matrix ``c`` and its limited norm (``sums[2c]``: the squared
-    norm of this step, ``sums[2c + 1]``: the previous limited norm, copied there by pass 1)."""
-    scale = tl.load(step_ptr).to(tl.float32) * alpha
+    norm of this step, ``sums[2c + 1]``: the previous limited norm, copied there by pass 1). The
+    step size is ``step_ptr[c * step_stride]``: one for all matrices (stride 0) or one each (1)."""
+    scale = tl.load(step_ptr + c * step_stride).to(tl.float32) * alpha
     norm = scale * 0.0  # a tensor in both branches
     if LIMIT:
         norm = tl.sqrt(tl.load(sums + 2 * c))
@@ -112,12 +115,12 @@ def _haar_pass1(g_tab, m_tab, v_tab, prev_tab, sums, n, k, tiles, beta1, beta2, 
             tl.store(sums + 2 * c + 1, tl.load(_ptr(prev_tab, c, tl.float32)))
 
 
-def _haar_pass2(p_tab, g_tab, m_tab, v_tab, prev_tab, sums, step_ptr, decay_ptr, n, k, tiles, eps, down, alpha, gamma,
+def _haar_pass2(p_tab, g_tab, m_tab, v_tab, prev_tab, sums, step_ptr, step_stride, decay_ptr, n, k, tiles, eps, down, alpha, gamma,
                 P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr, B: tl.constexpr,
                 BLOCK_K: tl.constexpr, LIMIT: tl.constexpr):
     pid, c = tl.program_id(0), tl.program_id(1)  # (tile, row) flattened: rows may exceed a grid dimension's 65535
     tile, row = pid % tiles, pid // tiles
-    scale, norm = _limiter(sums, c, step_ptr, alpha, gamma, LIMIT)
+    scale, norm = _limiter(sums, c, step_ptr, step_stride, alpha, gamma, LIMIT)
     if LIMIT:
         if (tile == 0) & (row == 0):
             tl.store(_ptr(prev_tab, c, tl.float32), norm)
@@ -142,7 +145,7 @@ def _haar_pass2(p_tab, g_tab, m_tab, v_tab, prev_tab, sums, step_ptr, decay_ptr,
     tl.store(w_ptr, w.to(P_DT), mask=inside)
 
 
-def _adam(p_tab, g_tab, m_tab, v_tab, numels, step_ptr, decay_ptr, beta1, beta2, eps,
+def _adam(p_tab, g_tab, m_tab, v_tab, numels, step_ptr, step_stride, decay_ptr, beta1, beta2, eps,
           P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr, BLOCK: tl.constexpr):
     tile, c = tl.program_id(0), tl.program_id(1)
     offs = tile.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -155,7 +158,7 @@ def _adam(p_tab, g_tab, m_tab, v_tab, numels, step_ptr, decay_ptr, beta1, beta2,
     tl.store(v_ptr, v.to(S_DT), mask=keep)
     w_ptr = _ptr(p_tab, c, P_DT) + offs
     w = tl.load(w_ptr, mask=keep, other=0.0).to(tl.float32)
-    w = w - tl.load(step_ptr).to(tl.float32) * (m / (tl.sqrt(v) + eps))
+    w = w - tl.load(step_ptr + c * step_stride).to(tl.float32) * (m / (tl.sqrt(v) + eps))
     w = w - tl.load(decay_ptr).to(tl.float32) * w
     tl.store(w_ptr, w.to(P_DT), mask=keep)
 
@@ -220,7 +223,7 @@ def _dwt_pass1(g_tab, m_tab, v_tab, prev_tab, sums, scratch, stride, lens, filte
         tl.debug_barrier()
 
 
-def _dwt_pass2(p_tab, g_tab, m_tab, v_tab, prev_tab, sums, step_ptr, decay_ptr, scratch, stride, lens, detail_at,
+def _dwt_pass2(p_tab, g_tab, m_tab, v_tab, prev_tab, sums, step_ptr, step_stride, decay_ptr, scratch, stride, lens, detail_at,
                filters, rows, total, eps, alpha, gamma,
                P_DT: tl.constexpr, G_DT: tl.constexpr, S_DT: tl.constexpr, F: tl.constexpr, H: tl.constexpr,
                LEVEL: tl.constexpr, BLOCK: tl.constexpr, LIMIT: tl.constexpr):
@@ -231,7 +234,7 @@ def _dwt_pass2(p_tab, g_tab, m_tab, v_tab, prev_tab, sums, step_ptr, decay_ptr, 
     decay = tl.load(decay_ptr).to(tl.float32)
     for rid in range(pid, total, programs):
         c, row = rid // rows, rid % rows
-        scale, norm = _limiter(sums, c, step_ptr, alpha, gamma, LIMIT)
+        scale, norm = _limiter(sums, c, step_ptr, step_stride, alpha, gamma, LIMIT)
         if LIMIT:
             if row == 0:
                 tl.store(_ptr(prev_tab, c, tl.float32), norm)
@@ -398,6 +401,18 @@ def _scalar(name: str, value, device: torch.device) -> torch.Tensor:
     return value
 
 
+def _step_sizes(value, count: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """``step_size``: one element for all ``count`` tensors (stride 0) or ``count`` contiguous
+    elements, one each (stride 1: the per-parameter step counts of ``capturable=True``)."""
+    if isinstance(value, torch.Tensor) and count > 1 and value.numel() == count and value.device == device \
+            and value.dim() == 1 and value.is_contiguous():
+        return value, 1
+    if not isinstance(value, torch.Tensor) or value.numel() != 1 or value.device != device:
+        raise ValueError(f"step_size={value!r} must be a tensor on {device} with one element, or one per tensor "
+                         f"({count}) (fp32: the step scalars stay on the device)")
+    return value, 0
+
+
 def _sums(count: int, device: torch.device) -> torch.Tensor:
     """Per matrix: the squared norm accumulated by pass 1 and the previous limited norm."""
     return torch.zeros(2 * count, dtype=torch.float32, device=device)
@@ -427,7 +442,7 @@ def haar_group(params, grads, exp_avgs, exp_avg_sqs, prev_norms, *, level: int, 
     p_tab, g_tab, m_tab, v_tab, *prev = _check("haar_group", params, grads, exp_avgs, exp_avg_sqs, prev_norms,
                                                lambda p: (rows, k), True)
     device = params[0].device
-    step_size, decay = _scalar("step_size", step_size, device), _scalar("decay", decay, device)
+    (step_size, stride), decay = _step_sizes(step_size, len(params), device), _scalar("decay", decay, device)
     kern = _kernels()
     count, limit = len(params), prev_norms is not None
     prev_tab = prev[0] if limit else p_tab  # unused without the limiter
@@ -438,8 +453,8 @@ def haar_group(params, grads, exp_avgs, exp_avg_sqs, prev_norms, *, level: int, 
                LIMIT=limit)
     kern["haar_pass1"][grid](g_tab, m_tab, v_tab, prev_tab, sums, n, k, tiles, float(beta1), float(beta2), float(eps),
                              2.0 ** (level / 2), **dts)
-    kern["haar_pass2"][grid](p_tab, g_tab, m_tab, v_tab, prev_tab, sums, step_size, decay, n, k, tiles, float(eps),
-                             2.0 ** (-level / 2), float(alpha), float(gamma or 1.0),
+    kern["haar_pass2"][grid](p_tab, g_tab, m_tab, v_tab, prev_tab, sums, step_size, stride, decay, n, k, tiles,
+                             float(eps), 2.0 ** (-level / 2), float(alpha), float(gamma or 1.0),
                              P_DT=_tl_dtype(params[0].dtype), **dts)
 
 
@@ -449,13 +464,13 @@ def adam_group(params, grads, exp_avgs, exp_avg_sqs, *, beta1: float, beta2: flo
     ``step_size``), tensors of any shapes, one launch."""
     tabs = _check("adam_group", params, grads, exp_avgs, exp_avg_sqs, None, lambda p: p.shape, False)
     device = params[0].device
-    step_size, decay = _scalar("step_size", step_size, device), _scalar("decay", decay, device)
+    (step_size, stride), decay = _step_sizes(step_size, len(params), device), _scalar("decay", decay, device)
     kern = _kernels()
     sizes = tuple(p.numel() for p in params)
     numels = _remember(_tables, (device, "numels", sizes),
                        lambda: torch.tensor(sizes, dtype=torch.int64).to(device))
     grid = (-(-max(sizes) // ADAM_TILE), len(params))
-    kern["adam"][grid](*tabs, numels, step_size, decay, float(beta1), float(beta2), float(eps),
+    kern["adam"][grid](*tabs, numels, step_size, stride, decay, float(beta1), float(beta2), float(eps),
                        P_DT=_tl_dtype(params[0].dtype), G_DT=_tl_dtype(grads[0].dtype),
                        S_DT=_tl_dtype(exp_avgs[0].dtype), BLOCK=ADAM_TILE)
 
@@ -507,7 +522,7 @@ def dwt_group(params, grads, exp_avgs, exp_avg_sqs, prev_norms, *, wavelet: str,
     plan = _remember(_scratch, ("plan", n, wavelet, level, device), lambda: _Plan(n, wavelet, level, device))
     p_tab, g_tab, m_tab, v_tab, *prev = _check("dwt_group", params, grads, exp_avgs, exp_avg_sqs, prev_norms,
                                                lambda p: (rows, plan.k), True)
-    step_size, decay = _scalar("step_size", step_size, device), _scalar("decay", decay, device)
+    (step_size, stride), decay = _step_sizes(step_size, len(params), device), _scalar("decay", decay, device)
     kern = _kernels()
     count, limit = len(params), prev_norms is not None
     total = count * rows
@@ -520,7 +535,7 @@ def dwt_group(params, grads, exp_avgs, exp_avg_sqs, prev_norms, *, wavelet: str,
                   BLOCK=DWT_TILE, LIMIT=limit)
     kern["dwt_pass1"][(programs,)](g_tab, m_tab, v_tab, prev_tab, sums, scratch, plan.stride, plan.lens,
                                    plan.filters, rows, total, float(beta1), float(beta2), float(eps), **common)
-    kern["dwt_pass2"][(programs,)](p_tab, g_tab, m_tab, v_tab, prev_tab, sums, step_size, decay, scratch,
+    kern["dwt_pass2"][(programs,)](p_tab, g_tab, m_tab, v_tab, prev_tab, sums, step_size, stride, decay, scratch,
                                    plan.stride, plan.lens, plan.detail_at, plan.filters, rows, total, float(eps),
                                    float(alpha), float(gamma or 1.0), P_DT=_tl_dtype(params[0].dtype),
                                    H=plan.flen // 2, **common)

@@ -155,10 +155,20 @@ def optimizer_case(device: str, steps: int = 3) -> dict:
     """GWTAdamW(backend="triton") on a Haar group (two shapes), a db2 group and a level-0 group
     next to GWTAdamW(backend="torch") on fp64 copies: the largest parameter error relative to the
     distance moved, and how often each kernel entry point ran."""
-    from gwt import GWTAdamW
     from gwt.optim import triton_kernels as tk
 
     calls = {"haar_group": 0, "dwt_group": 0, "adam_group": 0}
+    originals = {name: getattr(tk, name) for name in calls}
+    try:
+        return _optimizer_case(tk, calls, device, steps)
+    finally:  # later cases in the same process see the kernels themselves
+        for name, fn in originals.items():
+            setattr(tk, name, fn)
+
+
+def _optimizer_case(tk, calls: dict, device: str, steps: int) -> dict:
+    from gwt import GWTAdamW
+
     for name in calls:
         def counted(*args, _fn=getattr(tk, name), _name=name, **kwargs):
             calls[_name] += 1
@@ -181,7 +191,76 @@ def optimizer_case(device: str, steps: int = 3) -> dict:
         runs[backend] = [p.detach().double().cpu() for group in params for p in group]
     start = [w for group in w0 for w in group]
     err = max(float((a - b).norm() / (b - w).norm()) for a, b, w in zip(runs["triton"], runs["torch"], start))
-    return {"param": err, "calls": calls}
+    return {"param": err, "calls": dict(calls)}
+
+
+CAPTURABLE_CASE = "GWTAdamW-capturable"
+
+
+def capturable_case(device: str, steps: int = 4, graph: bool = False) -> dict:
+    """GWTAdamW(capturable=True) next to capturable=False, both on the triton backend: a Haar group
+    (two same-shape matrices), a db2 group and a level-0 group, a tensor lr that LambdaLR changes
+    every step, one matrix without a gradient at step 2 (so step counts differ within a batch), and
+    a state-dict round trip halfway. ``graph``: the capturable steps replay one CUDA graph."""
+    import copy
+
+    from gwt import GWTAdamW
+
+    gen = torch.Generator().manual_seed(1)
+    shapes = [[(6, 40), (6, 40)], [(4, 30)], [(10,)]]
+    w0 = [[torch.randn(s, generator=gen) for s in group] for group in shapes]
+    keys = [dict(level=2), dict(wavelet="db2", level=2), dict(level=0)]
+    grads = [[torch.randn(s, generator=gen) for group in shapes for s in group] for _ in range(steps)]
+    grads[1][1] = None
+    out = {}
+    for capturable in (False, True):
+        params = [[torch.nn.Parameter(w.to(device, copy=True)) for w in group] for group in w0]
+        flat = [p for group in params for p in group]
+
+        def build():
+            lr = torch.tensor(LR, dtype=torch.float64, device=device) if capturable else LR
+            opt = GWTAdamW([dict(params=ps, **k) for ps, k in zip(params, keys)], lr=lr, weight_decay=WD,
+                           backend="triton", capturable=capturable)
+            return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+
+        opt, sched = build()
+        static = [torch.zeros_like(p) for p in flat]
+        step_graph = None
+        for s in range(steps):
+            if s == steps // 2:  # a state-dict round trip through the host, into a new optimizer
+                saved = copy.deepcopy({k: v for k, v in opt.state_dict().items()})
+                saved = torch.utils._pytree.tree_map(lambda x: x.cpu() if isinstance(x, torch.Tensor) else x, saved)
+                sched_saved = sched.state_dict()
+                opt, sched = build()
+                opt.load_state_dict(saved)
+                sched.load_state_dict(sched_saved)
+            replay = graph and capturable and s > steps // 2  # after one eager step of the loaded optimizer
+            for p, g, buf in zip(flat, grads[s], static):
+                if g is None:
+                    p.grad = None
+                elif replay:
+                    buf.copy_(g.to(device))  # the graph reads the gradients it was captured with
+                    p.grad = buf
+                else:
+                    p.grad = g.to(device, copy=True)
+            if replay:
+                if step_graph is None:  # capturing records the step without running it
+                    step_graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(step_graph):
+                        opt.step()
+                step_graph.replay()
+            else:
+                opt.step()
+            sched.step()
+        state = opt.state[flat[1]]
+        out[capturable] = dict(params=[p.detach().double().cpu() for p in flat],
+                               step_device=str(state["step"].device), step=float(state["step"]),
+                               copy=copy.deepcopy(opt).capturable)
+    start = [w.double() for group in w0 for w in group]
+    err = max(float((a - b).norm() / (b - w).norm())
+              for a, b, w in zip(out[True]["params"], out[False]["params"], start))
+    return {"param": err, "step_device": out[True]["step_device"], "step": out[True]["step"],
+            "copy_capturable": out[True]["copy"]}
 
 
 def check(name: str, result: dict) -> None:
@@ -201,7 +280,7 @@ def interpreted():
     """All CPU cases in one child process with TRITON_INTERPRET=1: case name -> result."""
     pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[test]' installs it)")
     env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, __file__, *CASES, OPTIMIZER_CASE], cwd=ROOT, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, __file__, *CASES, OPTIMIZER_CASE, CAPTURABLE_CASE], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -226,6 +305,61 @@ def test_interpreter_gwtadamw_backend_triton(interpreted):
     """GWTAdamW(backend="triton") routes every kind of group to the kernels and matches the fp64
     torch backend."""
     check_optimizer(interpreted[OPTIMIZER_CASE])
+
+
+def check_capturable(result: dict, device: str, steps: int = 4) -> None:
+    assert "error" not in result, result.get("error")
+    assert result["param"] < 1e-6, result
+    assert result["step_device"].startswith(device) and result["step"] == steps - 1, result
+    assert result["copy_capturable"] is True, result
+
+
+def test_interpreter_capturable_matches_host_scalars(interpreted):
+    """capturable=True (step counts on the device, step sizes computed there per parameter, a
+    tensor lr driven by a scheduler, a state dict saved through the host and loaded) steps as
+    capturable=False does."""
+    check_capturable(interpreted[CAPTURABLE_CASE], "cpu")
+
+
+def test_capturable_bad_input_is_refused_before_any_step():
+    """capturable needs the triton backend, CUDA parameters and (if a tensor) a device lr; a tensor
+    lr without capturable is refused; each with one line naming the value."""
+    from gwt import GWTAdamW
+
+    p = torch.nn.Parameter(torch.randn(4, 8))
+    with pytest.raises(ValueError, match="capturable=True needs backend='triton'.*not backend='cpu'"):
+        GWTAdamW([p], capturable=True, backend="cpu")
+    with pytest.raises(ValueError, match="capturable='yes'; valid: True or False"):
+        GWTAdamW([p], capturable="yes")
+    with pytest.raises(ValueError, match="is a tensor; valid: a Python number, or capturable=True"):
+        GWTAdamW([p], lr=torch.tensor(1e-3))
+    with pytest.raises((ValueError, RuntimeError), match="capturable=True"):
+        GWTAdamW([p], capturable=True)  # CPU parameters, no interpreter: no triton backend for them
+    assert p.grad is None and not torch.equal(p, torch.zeros_like(p))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_capturable_step_replays_in_a_graph(monkeypatch):
+    """GWTAdamW(capturable=True).step() captured in a CUDA graph and replayed (with the scheduler
+    changing a tensor lr between replays) follows eager capturable=False steps; an eager
+    capturable step makes no host synchronisation (sync debug mode 'error')."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    check_capturable(capturable_case("cuda", steps=6, graph=True), "cuda", steps=6)
+    from gwt import GWTAdamW
+
+    ps = [torch.nn.Parameter(torch.randn(8, 64, device="cuda")) for _ in range(3)]
+    opt = GWTAdamW([dict(params=ps[:2]), dict(params=ps[2:], wavelet="db2")], lr=torch.tensor(1e-3, device="cuda"),
+                   capturable=True)
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()  # builds the kernels and caches the address tables
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.gpu
@@ -318,7 +452,12 @@ if __name__ == "__main__":
     results = {}
     for case in sys.argv[1:]:
         try:
-            results[case] = optimizer_case("cpu") if case == OPTIMIZER_CASE else measure("cpu", case)
+            if case == OPTIMIZER_CASE:
+                results[case] = optimizer_case("cpu")
+            elif case == CAPTURABLE_CASE:
+                results[case] = capturable_case("cpu")
+            else:
+                results[case] = measure("cpu", case)
         except Exception as err:  # reported per case by the parent test
             results[case] = {"error": f"{type(err).__name__}: {err}"}
     print(json.dumps(results))
