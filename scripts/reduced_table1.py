@@ -40,6 +40,9 @@ LABELS = {
 # Keys that vary inside the study: the optimizer (per method), the seed, the sweep's bookkeeping.
 PER_RUN_KEYS = ("optimizer", "study", "seed")
 VERDICT_ROWS = ("haar2", "adamw", "galore_1_4")
+#: A method's lr is tuned once this many grid values have run and the best of them has a run value
+#: on each side ("bracketed"); the grid's other values are then not needed.
+MIN_GRID = 4
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -153,13 +156,14 @@ def summarize(runs: list[Run], plan: Plan, incomplete: list[str] = ()) -> dict:
         for lr in lrs:
             at = _pick(mine, key, lr, grid_seed)
             grid.append({"lr": lr, "ppl": _ppl(at[0]) if at else None, "run": at[0].path.as_posix() if at else None})
-            if not at:
-                missing.append(f"{LABELS.get(exp, exp)}: lr {lr:g}, seed {grid_seed}")
         done = [g for g in grid if g["ppl"] is not None]
         best = min(done, key=lambda g: g["ppl"]) if done else None
         best_lr = best["lr"] if best else None
         at_edge = bool(best) and len(grid) > 1 and best_lr in (grid[0]["lr"], grid[-1]["lr"])  # of the whole grid
         grid_complete = len(done) == len(grid)
+        bracketed = len(done) >= MIN_GRID and best_lr not in (done[0]["lr"], done[-1]["lr"])
+        if not bracketed:
+            missing += [f"{LABELS.get(exp, exp)}: lr {g['lr']:g}, seed {grid_seed}" for g in grid if g["ppl"] is None]
         seeds, state_bytes, cpu_s = {}, None, 0.0
         if best_lr is not None:
             for seed in plan.seeds:
@@ -167,21 +171,22 @@ def summarize(runs: list[Run], plan: Plan, incomplete: list[str] = ()) -> dict:
                 seeds[str(seed)] = _ppl(at[0]) if at else None
                 if at:
                     state_bytes = at[0].metric("optimizer_state_bytes")
-                elif grid_complete and not at_edge:
+                elif bracketed:
                     missing.append(f"{LABELS.get(exp, exp)}: seed {seed} at lr {best_lr:g}")
-            if grid_complete and not at_edge and any(v is None for v in seeds.values()):
+            if bracketed and any(v is None for v in seeds.values()):
                 commands.append(f"OMP_NUM_THREADS=1 python train_llama.py -m +sweep=reduced_table1_seeds "
                                 f"experiment=reduced_table1/{exp} optimizer.lr={best_lr:g}")
-        if not grid_complete:
-            commands.append(f"OMP_NUM_THREADS=1 python train_llama.py -m +sweep={LR_SWEEP} experiment=reduced_table1/{exp}")
-        elif at_edge:
+        if at_edge and grid_complete:
             commands.append(f"# {LABELS.get(exp, exp)}: best lr {best_lr:g} at the grid's edge: extend "
                             f"study.lr_grid in configs/experiment/reduced_table1/{exp}.yaml and rerun the lr sweep")
+        elif not bracketed:
+            commands.append(f"OMP_NUM_THREADS=1 python train_llama.py -m +sweep={LR_SWEEP} experiment=reduced_table1/{exp}")
         values = [v for v in seeds.values() if v is not None]
         mean, std = _stats(values)
         cpu_s = sum(r.metric("train_time_s") or 0.0 for r in mine)
         rows.append({"experiment": exp, "label": LABELS.get(exp, exp), "method": key, "grid": grid,
                      "best_lr": best_lr, "best_lr_at_grid_edge": at_edge, "grid_complete": grid_complete,
+                     "bracketed": bracketed,
                      "seeds": seeds, "n": len(values), "mean_ppl": mean, "std_ppl": std,
                      "optimizer_state_bytes": state_bytes, "train_time_s": cpu_s})
     adamw_bytes = next((r["optimizer_state_bytes"] for r in rows if r["experiment"] == "adamw"), None)
@@ -190,7 +195,7 @@ def summarize(runs: list[Run], plan: Plan, incomplete: list[str] = ()) -> dict:
         row["state_vs_adamw"] = b / adamw_bytes if b and adamw_bytes else None
 
     haar = next((r for r in rows if r["experiment"] == "haar2"), None)
-    haar_lr = haar["best_lr"] if haar and haar["grid_complete"] and not haar["best_lr_at_grid_edge"] else None
+    haar_lr = haar["best_lr"] if haar and haar["bracketed"] else None
     series = {}
     for name, values, make_key, kind in (
             ("levels", plan.levels, lambda v: _gwt_key("haar", v, 0.25), "level"),
@@ -205,7 +210,8 @@ def summarize(runs: list[Run], plan: Plan, incomplete: list[str] = ()) -> dict:
                 missing.append(f"Haar {kind} {v:g} at lr {haar_lr:g}, seed {grid_seed}")
         series[name] = {"lr": haar_lr, "points": points}
         if haar_lr is None:
-            missing.append(f"Haar {kind} series: waits for Haar-2's best lr (a complete grid, best not at an edge)")
+            missing.append(f"Haar {kind} series: waits for Haar-2's best lr (bracketed: {MIN_GRID} or more lrs run, "
+                           "the best with a run lr on each side)")
         elif any(p["ppl"] is None for p in points):
             sweep = "reduced_table1_level" if kind == "level" else "reduced_table1_alpha"
             commands.append(f"OMP_NUM_THREADS=1 python train_llama.py -m +sweep={sweep} optimizer.lr={haar_lr:g}")
@@ -229,9 +235,10 @@ def verdict(rows: list[dict], n_seeds: int = 3) -> str:
     """The paper's ordering Haar-2 <= Full-Rank < GaLore-1/4, tested on the seed means at the best lr."""
     by = {r["experiment"]: r for r in rows}
     need = [by[e] for e in VERDICT_ROWS if e in by]
-    short = [f"{r['label']} ({r['n']}/{n_seeds} seeds{'' if r['grid_complete'] else ', lr grid incomplete'}"
-             f"{', best lr at the grid edge' if r['best_lr_at_grid_edge'] else ''})"
-             for r in need if r["n"] < n_seeds or not r["grid_complete"] or r["best_lr_at_grid_edge"]]
+    short = [f"{r['label']} ({r['n']}/{n_seeds} seeds"
+             f"{', best lr at the grid edge' if r['best_lr_at_grid_edge'] else ''}"
+             f"{'' if r['bracketed'] or r['best_lr_at_grid_edge'] else ', best lr not yet bracketed'})"
+             for r in need if r["n"] < n_seeds or not r["bracketed"]]
     if len(need) < len(VERDICT_ROWS) or short:
         return (f"Verdict pending: the paper's ordering Haar-2 <= Full-Rank < GaLore-1/4 needs {n_seeds} seeds at the "
                 f"best lr of each; not yet there: {', '.join(short)}.")
@@ -260,7 +267,9 @@ def readme(summary: dict, protocol_text: str) -> str:
              "Generated by `python scripts/reduced_table1.py` from the runs in `runs/` (do not edit by hand).", "",
              protocol_text, "",
              "Each method: a learning-rate grid at seed " f"{summary['seeds'][0]}, then seeds "
-             f"{', '.join(map(str, summary['seeds'][1:]))} at the grid's best lr. Perplexity: final validation "
+             f"{', '.join(map(str, summary['seeds'][1:]))} at the grid's best lr, once at least {MIN_GRID} grid "
+             "values have run and the best has a run value on each side (— in the grid: not run, and not "
+             "needed once the best is bracketed). Perplexity: final validation "
              "perplexity; mean ± sample standard deviation over the seeds at the best lr (n = seeds done). "
              "State: optimizer state bytes measured in the run, relative to AdamW.", "",
              "| Method | lr grid: validation ppl | best lr | ppl at best lr (mean ± std) | n | state vs AdamW |",
@@ -268,10 +277,10 @@ def readme(summary: dict, protocol_text: str) -> str:
     for row in summary["methods"]:
         grid = ", ".join(f"{g['lr']:g}: {_fmt(g['ppl'])}" for g in row["grid"])
         best = "—" if row["best_lr"] is None else f"{row['best_lr']:g}"
-        if row["best_lr"] is not None and not row["grid_complete"]:
-            best += " (provisional: grid incomplete)"
-        elif row["best_lr_at_grid_edge"]:
+        if row["best_lr_at_grid_edge"] and row["grid_complete"]:
             best += " (at the grid's edge: extend the grid)"
+        elif row["best_lr"] is not None and not row["bracketed"]:
+            best += f" (provisional: not yet bracketed by {MIN_GRID}+ run lrs)"
         mean = _fmt(row["mean_ppl"]) + ("" if row["std_ppl"] is None else f" ± {row['std_ppl']:.2f}")
         state = "—" if row["state_vs_adamw"] is None else f"{row['state_vs_adamw']:.2f}x"
         lines.append(f"| {row['label']} | {grid} | {best} | {mean} | {row['n']} | {state} |")

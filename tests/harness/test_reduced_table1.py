@@ -72,6 +72,7 @@ def test_best_lr_seeds_mean_and_std(study):
     summary = rt1.run_study(study, PLAN, draw=False)
     adamw = row(summary, "adamw")
     assert adamw["best_lr"] == pytest.approx(3e-3) and not adamw["best_lr_at_grid_edge"] and adamw["grid_complete"]
+    assert adamw["bracketed"]
     assert [g["ppl"] for g in adamw["grid"]] == [60.0, 50.0, 55.0, 90.0]
     assert adamw["seeds"] == {"42": 50.0, "43": 51.0, "44": 49.5}
     assert adamw["mean_ppl"] == pytest.approx(statistics.fmean([50.0, 51.0, 49.5]))
@@ -108,6 +109,27 @@ def test_missing_runs_are_reported_never_invented(study):
         (study / "README.md").read_text()
 
 
+def test_a_bracketed_best_lr_needs_no_more_grid_points(study):
+    """Four run lrs with the best inside them tune the method: an unrun fifth value is not missing,
+    and the seeds and series go ahead; three run lrs are not enough even with the best inside."""
+    plan = rt1.Plan(methods={**PLAN.methods, "haar2": {"method": HAAR, "lr_grid": [3e-3, 1e-2, 3e-2, 1e-1, 3e-1]}},
+                    seeds=PLAN.seeds, levels=PLAN.levels, alphas=PLAN.alphas)
+    summary = rt1.run_study(study, plan, draw=False)
+    haar = row(summary, "haar2")
+    assert haar["bracketed"] and not haar["grid_complete"] and haar["best_lr"] == pytest.approx(3e-2)
+    assert not any(m.startswith("GWT Haar-2: lr") for m in summary["missing"])
+    assert not any("experiment=reduced_table1/haar2" in c for c in summary["next_commands"])
+    assert summary["level_series"]["lr"] == pytest.approx(3e-2)
+    assert "0.3: —" in (study / "README.md").read_text()
+
+    three = rt1.Plan(methods={"adamw": {"method": "adamw", "lr_grid": [1e-3, 3e-3, 1e-2, 3e-2]}},
+                     seeds=PLAN.seeds, levels=PLAN.levels, alphas=PLAN.alphas)
+    for lr in (1e-3, 3e-2):
+        next((study / "runs").glob(f"adamw-{lr:g}-42")).joinpath("result.json").unlink()
+    adamw = row(rt1.run_study(study, three, draw=False), "adamw")
+    assert adamw["best_lr"] == pytest.approx(3e-3) and not adamw["bracketed"]
+
+
 def test_edge_of_grid_asks_for_more_points(study):
     write_run(study, "galore-0.03-42", "galore_1_4", 3e-2, 42, 65.0)
     summary = rt1.run_study(study, PLAN, draw=False)
@@ -133,11 +155,14 @@ def test_verdict_states_numbers_and_compares_with_seed_spread(study):
 
 def test_verdict_says_when_the_ordering_fails():
     rows = [{"experiment": "haar2", "label": "GWT Haar-2", "mean_ppl": 52.0, "std_ppl": 1.0, "n": 3,
-             "grid_complete": True, "best_lr_at_grid_edge": False},
+             "grid_complete": True, "bracketed": True,
+             "best_lr_at_grid_edge": False},
             {"experiment": "adamw", "label": "Full-Rank (AdamW)", "mean_ppl": 51.5, "std_ppl": 1.0, "n": 3,
-             "grid_complete": True, "best_lr_at_grid_edge": False},
+             "grid_complete": True, "bracketed": True,
+             "best_lr_at_grid_edge": False},
             {"experiment": "galore_1_4", "label": "GaLore-1/4", "mean_ppl": 60.0, "std_ppl": 0.5, "n": 3,
-             "grid_complete": True, "best_lr_at_grid_edge": False}]
+             "grid_complete": True, "bracketed": True,
+             "best_lr_at_grid_edge": False}]
     v = rt1.verdict(rows)
     assert "does not hold" in v and "difference +0.50, not larger than" in v
 
