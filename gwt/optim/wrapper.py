@@ -55,18 +55,35 @@ class GWT(GWTOptimizerBase):
         super().__init__(params, defaults, backend=backend)
         self.optimizer_class = optimizer_class
         self.stand_ins: dict[torch.Tensor, torch.Tensor] = {}
-        inner_groups = []
-        for group in self.param_groups:
-            inner = {k: v for k, v in group.items() if k not in _GWT_KEYS and k != "params"}
-            if group_is_gwt(group):
-                for p in group["params"]:
-                    shape = self.approx_shape(p, group)
-                    self.stand_ins[p] = self._new_state_tensor(shape, p, compute_dtype(p))
-                inner.update(params=[self.stand_ins[p] for p in group["params"]], weight_decay=0.0)
-            else:
-                inner["params"] = list(group["params"])
-            inner_groups.append(inner)
-        self.inner = optimizer_class(inner_groups, **inner_kwargs)
+        self.inner = optimizer_class([self._inner_group(group) for group in self.param_groups], **inner_kwargs)
+
+    def _inner_group(self, group: dict) -> dict:
+        """The inner optimizer's group for an outer ``group``: its stand-ins (made here) for a GWT
+        group, the parameters themselves otherwise; the inner optimizer's own keys."""
+        inner = {k: v for k, v in group.items() if k not in _GWT_KEYS and k != "params"}
+        if group_is_gwt(group):
+            for p in group["params"]:
+                self.stand_ins[p] = self._new_state_tensor(self.approx_shape(p, group), p, compute_dtype(p))
+            inner.update(params=[self.stand_ins[p] for p in group["params"]], weight_decay=0.0)
+        else:
+            inner["params"] = list(group["params"])
+        return inner
+
+    def add_param_group(self, param_group: dict) -> None:
+        """As torch's; after construction the inner optimizer gets the matching group too (a
+        group that either optimizer refuses leaves both unchanged)."""
+        count = len(self.param_groups)
+        super().add_param_group(param_group)
+        if not hasattr(self, "inner"):
+            return  # construction: the inner optimizer is built from all groups at once
+        group = self.param_groups[-1]
+        try:
+            self.inner.add_param_group(self._inner_group(group))
+        except Exception:
+            del self.param_groups[count:]
+            for p in group["params"]:
+                self.stand_ins.pop(p, None)
+            raise
 
     def _check_group(self, group: dict) -> None:
         if group["detail_scale"] not in DETAIL_SCALES:

@@ -260,6 +260,23 @@ def test_refused_add_param_group_leaves_the_optimizer_unchanged(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+def test_add_param_group_after_construction_steps_the_new_group(name):
+    """A group added after construction steps exactly as if it had been passed to the constructor
+    (for the wrapper: the inner optimizer gets the matching group)."""
+    kinds = list(KINDS)
+    _, whole = make(name, kinds)
+    params, grown = make(name, kinds[:1])
+    rest, _ = make(name, kinds)
+    for kind, p in zip(kinds[1:], rest[1:]):
+        grown.add_param_group({"params": [p], **KINDS[kind][1]})
+    run(whole, range(3))
+    run(grown, range(3))
+    assert_same_params(whole, grown)
+    moved = [not torch.equal(a, b) for a, b in zip(params_of(grown), make(name, kinds)[0])]
+    assert all(moved), moved
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_zero_row_parameters_behave_the_same_everywhere(name):
     """Parameters with no rows: states of their shape, nothing to update, no error."""
     params, opt = make(name, rows=0)
