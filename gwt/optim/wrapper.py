@@ -16,6 +16,11 @@ stand-in, so they are about 1/2**level the size. Each step:
 Groups without GWT (level 0) are handed to the inner optimizer unchanged, with their own
 weight decay. The learning rate of each outer group is copied to its inner group before every
 step, so ordinary LR schedulers work on the wrapper.
+
+``state[p]`` is the inner optimizer's state of ``p``'s stand-in (the same dict), so
+``state_dict()`` has torch's layout keyed by the wrapper's own parameters, each group carrying the
+inner optimizer's group options under ``"inner"``; torch.distributed.checkpoint maps it to
+parameter names like any optimizer's.
 """
 from __future__ import annotations
 
@@ -85,6 +90,16 @@ class GWT(GWTOptimizerBase):
                 self.stand_ins.pop(p, None)
             raise
 
+    def _link_states(self) -> None:
+        """``state[p]`` := the inner optimizer's state of p's stand-in (of p itself at level 0)."""
+        if len(self.state) == len(self.inner.state):
+            return
+        for group in self.param_groups:
+            for p in group["params"]:
+                key = self.stand_ins.get(p, p)
+                if key in self.inner.state:
+                    self.state[p] = self.inner.state[key]
+
     def _check_group(self, group: dict) -> None:
         if group["detail_scale"] not in DETAIL_SCALES:
             raise ValueError(f"detail_scale={group['detail_scale']!r}; valid: {', '.join(DETAIL_SCALES)}")
@@ -114,6 +129,7 @@ class GWT(GWTOptimizerBase):
                 stand_in.grad = approx
                 pending.append((group, p, stand_in, transform, approx, ctx))
         self.inner.step()
+        self._link_states()
         gains = self._sharded_gains(pending)
         for group, p, stand_in, transform, approx, ctx in pending:
             delta = stand_in
@@ -184,12 +200,59 @@ class GWT(GWTOptimizerBase):
         """Nothing per parameter: the inner optimizer keeps the states (of the stand-ins)."""
 
     def state_dict(self):
-        return {"gwt": super().state_dict(), "inner": self.inner.state_dict()}
+        """torch's layout: ``state`` keyed by this optimizer's parameters (the inner optimizer's
+        state of each stand-in), ``param_groups`` with the inner group's options under ``"inner"``."""
+        self._link_states()
+        state_dict = super().state_dict()
+        for saved, inner in zip(state_dict["param_groups"], self.inner.param_groups):
+            saved["inner"] = {k: v for k, v in inner.items() if k != "params"}
+        return state_dict
 
     def load_state_dict(self, state_dict):
-        if not isinstance(state_dict, dict) or set(state_dict) != {"gwt", "inner"}:
-            raise ValueError("GWT.load_state_dict: expected the dict of GWT.state_dict() (keys 'gwt' and 'inner'), "
-                             f"got keys {sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict)}")
-        super().load_state_dict(state_dict["gwt"])
-        self.inner.load_state_dict(state_dict["inner"])
+        """Load :meth:`state_dict`'s layout (or the earlier ``{"gwt": ..., "inner": ...}`` one).
+        Checked first: the groups match this optimizer's and each carries its inner options, and
+        every state tensor of one dimension or more has the shape of its stand-in."""
+        cls = type(self).__name__
+        if isinstance(state_dict, dict) and set(state_dict) == {"gwt", "inner"}:
+            outer, inner = state_dict["gwt"], state_dict["inner"]
+        elif isinstance(state_dict, dict) and {"state", "param_groups"} <= set(state_dict) and \
+                isinstance(state_dict["param_groups"], list) and isinstance(state_dict["state"], dict):
+            groups = state_dict["param_groups"]
+            for g, saved in enumerate(groups):
+                if not (isinstance(saved, dict) and isinstance(saved.get("inner"), dict)
+                        and isinstance(saved.get("params"), list)):
+                    raise ValueError(f"{cls}.load_state_dict: parameter group {g} lacks the inner optimizer's options "
+                                     "('inner') or its 'params'; valid: a state dict from GWT.state_dict()")
+            self._check_inner_shapes(state_dict["state"], groups)
+            outer = {"state": {}, "param_groups": [{k: v for k, v in g.items() if k != "inner"} for g in groups]}
+            inner = {"state": state_dict["state"],
+                     "param_groups": [dict(g["inner"], params=g["params"]) for g in groups]}
+        else:
+            keys = sorted(map(str, state_dict)) if isinstance(state_dict, dict) else type(state_dict).__name__
+            raise ValueError(f"{cls}.load_state_dict: expected a dict from GWT.state_dict() ('state' and "
+                             f"'param_groups'), got {keys}")
+        super().load_state_dict(outer)
+        self.inner.load_state_dict(inner)
+        self.state.clear()
+        self._link_states()
+
+    def _check_inner_shapes(self, saved_state: dict, groups: list) -> None:
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: the state dict has {len(groups)} parameter "
+                             f"groups, this optimizer {len(self.param_groups)}")
+        for g, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: parameter group {g} has "
+                                 f"{len(saved['params'])} parameters in the state dict, {len(group['params'])} here")
+            for i, (pid, p) in enumerate(zip(saved["params"], group["params"])):
+                state = saved_state.get(pid, {})
+                if not isinstance(state, dict):
+                    raise ValueError(f"{type(self).__name__}.load_state_dict: the state of parameter "
+                                     f"{self.param_name(group, i, g)} is a {type(state).__name__}; valid: a dict")
+                want = tuple(self.stand_ins.get(p, p).shape)
+                for key, value in state.items():
+                    if isinstance(value, torch.Tensor) and value.dim() > 0 and tuple(value.shape) != want:
+                        raise ValueError(f"{type(self).__name__}.load_state_dict: state {key!r} of parameter "
+                                         f"{self.param_name(group, i, g)} has shape {tuple(value.shape)}, but this "
+                                         f"optimizer needs {want} (wavelet={group['wavelet']!r}, level={group['level']})")
 

@@ -59,7 +59,7 @@ CASES = {
                              detail_scale="ratio"),
 }
 NEEDS_KERNEL = {"haar2_cpu", "db2_1_cpu", "haar2_nolimiter_cpu"}
-DCP_CASES = ("haar2_cpu", "db2_1_torch", "adafactor")
+DCP_CASES = ("haar2_cpu", "db2_1_torch", "adafactor", "wrapper")
 
 
 def _inputs(step):
@@ -126,20 +126,16 @@ def _worker(rank, port, out_dir, cases):
             calls[:] = [c for c in calls if c is not None]
             params = {n: p.full_tensor() for n, p in model.named_parameters()}
             layouts = {}
-            states = opt.inner.state if case == "wrapper" else opt.state
-            owners = {id(v): k for k, v in opt.stand_ins.items()} if case == "wrapper" else {}
             names = {id(p): n for n, p in model.named_parameters()}
-            for p, state in states.items():
-                owner = names.get(id(p)) or names[id(owners[id(p)])]
-                layouts[owner] = {k: (type(v).__name__, tuple(v.shape), tuple(map(repr, v.placements)))
+            for p, state in opt.state.items():  # the wrapper's: its inner optimizer's state of each stand-in
+                layouts[names[id(p)]] = {k: (type(v).__name__, tuple(v.shape), tuple(map(repr, v.placements)))
                                   if isinstance(v, DTensor) else (type(v).__name__, tuple(v.shape), None)
                                   for k, v in state.items()}
             param_placements = {n: tuple(map(repr, p.placements)) for n, p in model.named_parameters()}
             entry = dict(params=params, calls=list(calls), layouts=layouts, placements=param_placements,
                          local_bytes=optimizer_state_bytes(opt, local=True), global_bytes=optimizer_state_bytes(opt))
-            if case != "wrapper":
-                entry["state"] = _local_state(opt)
-            else:  # its own state dict round trip keeps the inner optimizer's DTensor states
+            entry["state"] = _local_state(opt)
+            if case == "wrapper":  # its own state dict round trip keeps the inner optimizer's DTensor states
                 fresh = CASES[case](model)
                 fresh.load_state_dict(opt.state_dict())
                 entry["inner_roundtrip"] = [
@@ -237,15 +233,16 @@ def test_two_ranks_equal_one_process(sharded_run, case):
             got = report[case]["params"][name]
             assert _rel(got, want.detach()) < 1e-6, (case, name)
         assert not torch.equal(want.detach(), _model().get_parameter(name).detach())  # training moved it
-    if case != "wrapper":  # the states, gathered, equal the unsharded ones
-        named = dict(model.named_parameters())
-        for name, state in reports[0][case]["state"].items():
-            for key, value in state.items():
-                want = opt.state[named[name]][key]
-                if value.dim():
-                    assert _rel(value, want) < 1e-5, (case, name, key)
-                else:
-                    torch.testing.assert_close(value, want, rtol=1e-5, atol=0)
+    # the states, gathered, equal the unsharded ones (the wrapper's: its inner optimizer's, of the stand-ins)
+    named = dict(model.named_parameters())
+    assert set(reports[0][case]["state"]) == set(named)
+    for name, state in reports[0][case]["state"].items():
+        for key, value in state.items():
+            want = opt.state[named[name]][key]
+            if value.dim():
+                assert _rel(value, want) < 1e-5, (case, name, key)
+            else:
+                torch.testing.assert_close(value, want, rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("case", ["haar2_torch", "haar2_cpu", "db2_1_torch", "db2_1_cpu", "adafactor", "wrapper"])

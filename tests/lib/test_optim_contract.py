@@ -214,8 +214,41 @@ def test_plain_adamw_state_dict_is_refused_clearly():
 def test_wrapper_refuses_a_state_dict_of_another_optimizer():
     _, adamw = make("adamw@torch")
     _, wrapper = make("wrapper")
-    with pytest.raises(ValueError, match="expected the dict of GWT.state_dict"):
+    with pytest.raises(ValueError, match=r"group 0 lacks the inner optimizer's options \('inner'\)"):
         wrapper.load_state_dict(adamw.state_dict())
+    with pytest.raises(ValueError, match="expected a dict from GWT.state_dict"):
+        wrapper.load_state_dict({"weights": {}})
+
+
+def test_wrapper_state_dict_is_keyed_by_its_parameters_and_checked():
+    """The wrapper's state dict has torch's layout (state keyed by its own parameters: the inner
+    optimizer's state of each stand-in); the earlier {"gwt", "inner"} layout still loads; a state
+    of the wrong shape is refused naming the parameter, before anything changes."""
+    params, wrapper = make("wrapper")
+    run(wrapper, range(2))
+    saved = copy.deepcopy(wrapper.state_dict())
+    assert sorted(saved["state"]) == list(range(len(params)))
+    assert all("inner" in g for g in saved["param_groups"])
+    for index, p in enumerate(params):
+        want = tuple(wrapper.stand_ins.get(p, p).shape)
+        assert tuple(saved["state"][index]["exp_avg"].shape) == want
+    earlier = {"gwt": {"state": {}, "param_groups": [{k: v for k, v in g.items() if k != "inner"}
+                                                     for g in saved["param_groups"]]},
+               "inner": copy.deepcopy(wrapper.inner.state_dict())}
+    reference = copy.deepcopy(wrapper)
+    run(reference, range(2, 4))
+    for layout in (saved, earlier):
+        _, fresh = make("wrapper")
+        fresh.load_state_dict(copy.deepcopy(layout))
+        copy_params(wrapper, fresh)
+        run(fresh, range(2, 4))
+        assert_same_params(reference, fresh)
+    bad = copy.deepcopy(saved)
+    bad["state"][0]["exp_avg"] = torch.zeros(3, 3)
+    _, fresh = make("wrapper")
+    with pytest.raises(ValueError, match=r"state 'exp_avg' of parameter .* has shape \(3, 3\), but this optimizer needs"):
+        fresh.load_state_dict(bad)
+    assert not fresh.state and not fresh.inner.state
 
 
 @pytest.mark.parametrize("backend", ADAMW_BACKENDS)
