@@ -131,26 +131,40 @@ def bench_size(size: str, device: torch.device, methods: list[str], rounds: int,
     for p in params:
         p.grad = torch.randn_like(p) * 1e-3
     builders = method_builders(SIZES[size][0], gap, available_backends(device))
-    opts, refresh = {}, {}
+    opts, refresh, failed = {}, {}, {}
     for name in methods:
         build = builders[name]
-        opts[name] = build(params)
-        if name in ("galore", "apollo", "fira"):
-            refresh[name] = build(params, refresh_every=1)
+        try:
+            opts[name] = build(params)
+            if name in ("galore", "apollo", "fira"):
+                refresh[name] = build(params, refresh_every=1)
+        except Exception as err:  # one method that cannot run here does not cost the others' numbers
+            failed[name] = f"{type(err).__name__}: {err}"
+            opts.pop(name, None)
     timings = {name: [] for name in [*opts, *(f"{n}@refresh" for n in refresh)]}
     runners = {**opts, **{f"{n}@refresh": o for n, o in refresh.items()}}
     order = list(runners)
     for r in range(warmup + rounds):
         random.Random(r).shuffle(order)
-        for name in order:
+        for name in list(order):
             sync(device)
             start = time.perf_counter()
-            runners[name].step()
-            sync(device)
+            try:
+                runners[name].step()
+                sync(device)
+            except Exception as err:
+                base = name.removesuffix("@refresh")
+                failed[base] = f"{type(err).__name__}: {err}"
+                order = [n for n in order if n.removesuffix("@refresh") != base]
+                continue
             if r >= warmup:
                 timings[name].append(time.perf_counter() - start)
-    rows = []
-    fused = statistics.median(timings["adamw_fused"]) if "adamw_fused" in timings else None
+    for name, error in failed.items():
+        print(f"{size} {name}: failed, left out ({error.splitlines()[0][:300]})", file=sys.stderr)
+        opts.pop(name, None)
+    rows = [dict(size=size, method=name, step_ms=None, state_mb=None, vs_fused=None, error=error,
+                 params_m=sum(p.numel() for p in params) / 1e6) for name, error in failed.items()]
+    fused = statistics.median(timings["adamw_fused"]) if timings.get("adamw_fused") else None
     for name, opt in opts.items():
         t = statistics.median(timings[name])
         if name in refresh:
@@ -207,6 +221,10 @@ def main(argv=None):
              + (" (fewer than 10 rounds: a smoke run, not a measurement)." if args.rounds < 10 else "."), "",
              "| size | method | step ms | x fused AdamW | state MiB |", "|---|---|---:|---:|---:|"]
     for row in rows:
+        if row.get("error"):
+            lines.append(f"| {row['size']} ({row['params_m']:.1f}M target params) | {row['method']} | failed: "
+                         f"{row['error'].splitlines()[0][:120]} | — | — |")
+            continue
         ratio = f"{row['vs_fused']:.2f}" if row["vs_fused"] is not None else "—"
         lines.append(f"| {row['size']} ({row['params_m']:.1f}M target params) | {row['method']} | "
                      f"{row['step_ms']:.2f} | {ratio} | {row['state_mb']:.1f} |")

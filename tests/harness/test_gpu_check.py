@@ -83,3 +83,34 @@ def test_without_gpu_the_full_check_refuses(tmp_path):
     proc = run("--out", str(tmp_path / "out"), timeout=120)
     assert proc.returncode == 2 and "no CUDA device is visible" in proc.stderr and "--dry-run" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_benchmark_keeps_measuring_when_one_method_fails(monkeypatch):
+    """A method that cannot build or step (e.g. a graph capture a driver refuses) is reported as
+    failed with its error; the other methods of the size are still measured."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_optimizer_under_test", ROOT / "scripts" / "bench_optimizer.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    class Broken:
+        state: dict = {}
+
+        def __init__(self, params):
+            pass
+
+        def step(self):
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    def builders(hidden, gap, backends):
+        return {"adamw_fused": lambda ps: torch.optim.AdamW(ps, lr=1e-3), "broken@step": Broken,
+                "broken@build": lambda ps: (_ for _ in ()).throw(ValueError("no such backend here"))}
+
+    monkeypatch.setattr(bench, "method_builders", builders)
+    monkeypatch.setitem(bench.SIZES, "tiny", (16, 32, 1))
+    rows = {r["method"]: r for r in bench.bench_size("tiny", torch.device("cpu"),
+                                                      ["adamw_fused", "broken@step", "broken@build"], 2, 1, 200)}
+    assert rows["adamw_fused"]["step_ms"] > 0 and rows["adamw_fused"]["vs_fused"] == 1.0
+    assert rows["broken@step"]["step_ms"] is None and "stream is capturing" in rows["broken@step"]["error"]
+    assert rows["broken@build"]["step_ms"] is None and "no such backend" in rows["broken@build"]["error"]
