@@ -329,29 +329,54 @@ def figures(summary: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in summary["methods"]:
-        pts = [(g["lr"], g["ppl"]) for g in row["grid"] if g["ppl"] is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=row["label"])
-    ax.set_xscale("log")
-    ax.set_xlabel("peak learning rate")
-    ax.set_ylabel("final validation perplexity")
-    ax.set_title("Learning-rate sensitivity (seed %d)" % summary["seeds"][0])
-    if ax.lines:
-        ax.legend(fontsize=7)
-    else:
-        ax.text(0.5, 0.5, "no finished runs yet", ha="center", transform=ax.transAxes)
+    # two panels (GWT rows with AdamW; the other baselines with AdamW), one y-range: points far above
+    # every method's best are drawn at the top edge (^) with their value, so they do not flatten the rest
+    panels = (("GWT", [r for r in summary["methods"] if r["experiment"] in ("adamw", "haar2", "haar3", "db2_2")]),
+              ("baselines", [r for r in summary["methods"] if r["experiment"] not in ("haar2", "haar3", "db2_2")]))
+    done = [g["ppl"] for r in summary["methods"] for g in r["grid"] if g["ppl"] is not None]
+    top = min(max(done), 1.6 * min(done)) if done else None
+    colors = {r["experiment"]: f"C{i % 10}" for i, r in enumerate(summary["methods"])}  # one per method, both panels
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    for ax, (title, rows) in zip(axes, panels):
+        for row in rows:
+            pts = [(g["lr"], g["ppl"]) for g in row["grid"] if g["ppl"] is not None]
+            if not pts:
+                continue
+            shown = [(lr, min(ppl, top)) for lr, ppl in pts]
+            (line,) = ax.plot(*zip(*shown), marker="o", ms=4, label=row["label"], color=colors[row["experiment"]])
+            for (lr, ppl), (_, y) in zip(pts, shown):
+                if ppl > top:
+                    ax.plot([lr], [y], marker="^", ms=8, color=line.get_color(), ls="none")
+                    ax.annotate(f"{ppl:.0f}", (lr, y), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                                color=line.get_color())
+            if row["mean_ppl"] is not None and row["bracketed"]:  # mean ± std of the seeds at the best lr
+                ax.errorbar([row["best_lr"]], [row["mean_ppl"]], yerr=[row["std_ppl"] or 0.0], fmt="s", ms=6,
+                            color=line.get_color(), capsize=3, mfc="white")
+        ax.set_xscale("log")
+        ax.set_xlabel("peak learning rate")
+        ax.set_title(title)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no finished runs yet", ha="center", transform=ax.transAxes)
+    axes[0].set_ylabel("final validation perplexity")
+    fig.suptitle(f"Learning-rate sensitivity: seed {summary['seeds'][0]} (circles); squares: mean ± std of "
+                 f"seeds {', '.join(map(str, summary['seeds']))} at the best lr", fontsize=10)
     fig.tight_layout()
     paths = [out / "lr_sensitivity.png"]
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    pts = [(p["level"], p["ppl"]) for p in summary["level_series"]["points"] if p["ppl"] is not None]
-    if pts:
-        ax.plot(*zip(*pts), marker="o", label="GWT Haar (alpha 0.25)")
+    points = [p for p in summary["level_series"]["points"] if p["ppl"] is not None]
     full = next((r for r in summary["methods"] if r["experiment"] == "adamw"), None)
+    if points:
+        ax.plot([p["level"] for p in points], [p["ppl"] for p in points], marker="o", label="GWT Haar (alpha 0.25)")
+        adamw_bytes = full["optimizer_state_bytes"] if full else None
+        for p in points:  # the state each level keeps, relative to AdamW's
+            if adamw_bytes and p["optimizer_state_bytes"]:
+                ax.annotate(f"{p['optimizer_state_bytes'] / adamw_bytes:.2f}x", (p["level"], p["ppl"]),
+                            textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     if full and full["mean_ppl"] is not None:
         ax.axhline(full["mean_ppl"], color="gray", ls="--", label="Full-Rank (AdamW), best lr")
     ax.set_xlabel("Haar level (moments on 1/2^level of each matrix)")
