@@ -105,10 +105,7 @@ class GWTAdafactor(GWTOptimizerBase):
         loss = self._evaluate(closure)
         sharded = []
         for group in self.param_groups:
-            for p, grad in self._params_with_grad(group):
-                state = self.state[p]
-                if not state:
-                    self._init_state(p, group, state)
+            for p, grad, state in self._params_with_state(group):
                 t = self._increment_step(state)
                 if p.numel() == 0:
                     continue  # nothing to update

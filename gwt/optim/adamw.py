@@ -404,10 +404,7 @@ class GWTAdamW(GWTOptimizerBase):
         sharded = []
         for group in self.param_groups:
             batches: dict[tuple, list] = {}
-            for p, grad in self._params_with_grad(group):
-                state = self.state[p]
-                if not state:
-                    self._init_state(p, group, state)
+            for p, grad, state in self._params_with_state(group):
                 t = self._increment_step(state)
                 if p.numel() == 0:
                     continue  # nothing to update, on every backend
@@ -438,10 +435,7 @@ class GWTAdamW(GWTOptimizerBase):
         (:class:`_DeviceScalars`). Nothing here reads a device value on the host."""
         for group in self.param_groups:
             batches: dict[tuple, list] = {}
-            for p, grad in self._params_with_grad(group):
-                state = self.state[p]
-                if not state:
-                    self._init_state(p, group, state)
+            for p, grad, state in self._params_with_state(group):
                 if p.numel() == 0:
                     state["step"].add_(1.0)
                     continue

@@ -98,6 +98,14 @@ class GWTOptimizerBase(torch.optim.Optimizer):
             check_grad(p, p.grad)
             yield p, p.grad
 
+    def _params_with_state(self, group: dict):
+        """``(param, grad, state)`` of each parameter with a gradient, its state created on first use."""
+        for p, grad in self._params_with_grad(group):
+            state = self.state[p]
+            if not state:
+                self._init_state(p, group, state)
+            yield p, grad, state
+
     def _new_state_tensor(self, shape, param: torch.Tensor, dtype: torch.dtype | None = None, *,
                           replicate: bool = False) -> torch.Tensor:
         """Zeros of ``shape``; for a DTensor parameter a DTensor of that global shape laid out as the
