@@ -185,7 +185,7 @@ def table1_reduced(runs: list[Run], paper: dict) -> Table:
         if row["n"]:
             mean += f" (n={row['n']}){DAGGER}"
         lr = "—" if row["best_lr"] is None else f"{row['best_lr']:g}"
-        if row["best_lr"] is not None and (not row["grid_complete"] or row["best_lr_at_grid_edge"]):
+        if row["best_lr"] is not None and not row["bracketed"]:  # tuned: 4+ run lrs, the best inside them
             lr += " (provisional)"
         state = "—" if row["state_vs_adamw"] is None else f"{row['state_vs_adamw']:.2f}x"
         label = PAPER_ROW.get(row["experiment"])
