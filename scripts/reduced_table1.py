@@ -222,6 +222,7 @@ def summarize(runs: list[Run], plan: Plan, incomplete: list[str] = ()) -> dict:
         "level_series": series["levels"],
         "alpha_series": series["alphas"],
         "verdict": verdict(rows, len(plan.seeds)),
+        "ranking": ranking(rows, len(plan.seeds)),
         "runs_used": len(runs),
         "train_time_s_total": sum(r.metric("train_time_s") or 0.0 for r in runs),
         "excluded_runs": excluded,
@@ -261,6 +262,13 @@ def verdict(rows: list[dict], n_seeds: int = 3) -> str:
             f"{part(full, galore, d2, big2)}.")
 
 
+def ranking(rows: list[dict], n_seeds: int = 3) -> list[dict]:
+    """The methods whose lr is bracketed and whose seeds have all run, by mean perplexity."""
+    done = [r for r in rows if r["bracketed"] and r["n"] >= n_seeds]
+    return [{"experiment": r["experiment"], "label": r["label"], "mean_ppl": r["mean_ppl"], "std_ppl": r["std_ppl"],
+             "state_vs_adamw": r["state_vs_adamw"]} for r in sorted(done, key=lambda r: r["mean_ppl"])]
+
+
 # ----------------------------------------------------------------------------- outputs
 def readme(summary: dict, protocol_text: str) -> str:
     lines = ["# Reduced-scale Table 1: every optimizer tuned", "",
@@ -285,6 +293,11 @@ def readme(summary: dict, protocol_text: str) -> str:
         state = "—" if row["state_vs_adamw"] is None else f"{row['state_vs_adamw']:.2f}x"
         lines.append(f"| {row['label']} | {grid} | {best} | {mean} | {row['n']} | {state} |")
     lines += ["", "**Verdict.** " + summary["verdict"], ""]
+    if summary["ranking"]:
+        lines += ["**Ranking** of the methods tuned so far (bracketed best lr, all seeds run), best first: "
+                  + "; ".join(f"{r['label']} {r['mean_ppl']:.2f} ± {r['std_ppl']:.2f} ({r['state_vs_adamw']:.2f}x state)"
+                              if r["state_vs_adamw"] is not None else f"{r['label']} {r['mean_ppl']:.2f} ± {r['std_ppl']:.2f}"
+                              for r in summary["ranking"]), ""]
     for name, title, key in (("level_series", "Haar level series (alpha 0.25)", "level"),
                              ("alpha_series", "Haar-2 alpha series", "alpha")):
         s = summary[name]

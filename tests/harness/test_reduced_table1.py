@@ -151,6 +151,8 @@ def test_verdict_states_numbers_and_compares_with_seed_spread(study):
     assert f"GWT Haar-2 {haar_mean:.2f}" in v and f"Full-Rank (AdamW) {full_mean:.2f}" in v
     assert f"difference {haar_mean - full_mean:+.2f}, larger than" in v
     assert (study / "lr_sensitivity.png").stat().st_size > 1000 and (study / "levels.png").stat().st_size > 1000
+    assert [r["experiment"] for r in summary["ranking"]] == ["haar2", "adamw", "galore_1_4"]  # by mean ppl
+    assert "**Ranking**" in (study / "README.md").read_text()
 
 
 def test_verdict_says_when_the_ordering_fails():
