@@ -234,11 +234,14 @@ def capturable_case(device: str, steps: int = 4, graph: bool = False) -> dict:
                 opt, sched = build()
                 opt.load_state_dict(saved)
                 sched.load_state_dict(sched_saved)
-            replay = graph and capturable and s > steps // 2  # after one eager step of the loaded optimizer
+            # the loaded optimizer's first step runs eagerly on the static gradient buffers (address
+            # tables built outside the capture); the later steps replay the graph captured after it
+            static_grads = graph and capturable and s >= steps // 2
+            replay = static_grads and s > steps // 2
             for p, g, buf in zip(flat, grads[s], static):
                 if g is None:
                     p.grad = None
-                elif replay:
+                elif static_grads:
                     buf.copy_(g.to(device))  # the graph reads the gradients it was captured with
                     p.grad = buf
                 else:
