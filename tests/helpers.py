@@ -1,6 +1,10 @@
 """Helpers shared by the test floors: a tiny LM loss for the library tests, the real
 ``train_llama`` config composed with tiny CPU overrides and the ``finetune_glue`` config for the
 harness tests."""
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,29 @@ CONFIGS = ROOT / "configs"
 TINY = ["model=llama_tiny", "model.vocab_size=4096", "optimizer=adamw", "data=c4_local", "logger=none", "precision=fp32", "cpu=true",
         "tokenizer=t5-base", "trainer.max_steps=4", "trainer.total_batch_size=4", "trainer.micro_batch_size=2",
         "trainer.seq_len=32", "trainer.eval_every=2", "trainer.eval_tokens=400", "trainer.checkpoint_every=2"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(script, args, log_dir, nproc: int = 2, env=None, timeout=None) -> subprocess.CompletedProcess:
+    """``script args`` on ``nproc`` CPU processes through torchrun, on a free port, each rank's output
+    also kept under ``log_dir`` (``--tee``). A failed run fails the test with every rank's last lines:
+    the launcher's own summary says only that a rank died, not why. Python's fault handler is on, so
+    a rank killed by a signal leaves its Python stack in those lines."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+           str(free_port()), "--log-dir", str(log_dir), "--tee", "3", str(script), *map(str, args)]
+    env = {**(os.environ if env is None else env), "PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        ranks = [f"--- {f.relative_to(log_dir)}\n{f.read_text(errors='replace')[-2500:]}"
+                 for f in sorted(Path(log_dir).rglob("std*.log")) if f.stat().st_size]
+        raise AssertionError(f"torchrun exit code {proc.returncode}\n" + "\n".join(ranks)
+                             + f"\n--- launcher\n{proc.stderr[-1500:]}")
+    return proc
 
 
 def compose_cfg(overrides=(), base=TINY):

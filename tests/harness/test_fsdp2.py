@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -16,26 +17,25 @@ import torch
 import train_llama
 from gwt_lab.distributed import _MetadataUnpickler, fill_tensors, split_tensors
 from gwt_lab.train import read_metrics, read_result
-from tests.helpers import ROOT, compose_cfg, reset_accelerate
+from tests.helpers import ROOT, compose_cfg, free_port, reset_accelerate, torchrun
 
 COMMON = ["model=llama_tiny", "model.vocab_size=4096", "data=c4_local", "logger=none", "precision=fp32", "cpu=true",
           "tokenizer=t5-base", "distributed=fsdp2", "trainer.total_batch_size=8", "trainer.seq_len=32",
           "trainer.eval_tokens=400", "trainer.keep_last_checkpoints=3"]
 HAAR = ["optimizer=gwt", "trainer.max_steps=12", "trainer.eval_every=12", "trainer.checkpoint_every=6"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-PORT = [29640]
 
 
 def launch(out, nproc: int, *overrides, wait: bool = True):
     """train_llama.py on ``nproc`` CPU processes (torchrun for 2) with the micro-batch that keeps the
     global batch split as 2 accumulation steps."""
     args = [*COMMON, f"trainer.micro_batch_size={8 // (2 * nproc)}", f"output_dir={out}", *overrides]
-    if nproc == 1:
-        cmd = [sys.executable, "train_llama.py", *args]
-    else:
-        PORT[0] += 1
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(PORT[0]), "train_llama.py", *args]
+    if nproc > 1 and wait:
+        torchrun("train_llama.py", args, tempfile.mkdtemp(prefix="torchrun-", dir=out.parent), nproc=nproc, env=ENV)
+        return read_result(out)["metrics"]
+    cmd = [sys.executable, "train_llama.py", *args]
+    if nproc > 1:
+        cmd[1:1] = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)

@@ -15,6 +15,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import finetune_glue  # noqa: E402
+from tests.helpers import torchrun  # noqa: E402
 
 TINY = ["model=roberta_tiny", "logger=none", "trainer.max_length=32", "data.max_train_examples=32",
         "data.max_eval_examples=24", "trainer.epochs=2", "trainer.log_every=1"]
@@ -159,10 +160,7 @@ def test_two_processes_match_one_at_the_same_global_batch(tmp_path):
     one = subprocess.run([sys.executable, str(ROOT / "finetune_glue.py"), *args, f"output_dir={tmp_path / 'one'}"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          str(ROOT / "finetune_glue.py"), *args, f"output_dir={tmp_path / 'two'}"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
+    torchrun(ROOT / "finetune_glue.py", [*args, f"output_dir={tmp_path / 'two'}"], tmp_path / "logs", env=env, timeout=300)
     losses = {d: [r["loss"] for r in metrics_lines(tmp_path / d) if "loss" in r] for d in ("one", "two")}
     assert len(losses["one"]) == 2 and losses["two"] == pytest.approx(losses["one"], rel=1e-5)
     results = {d: json.loads((tmp_path / d / "result.json").read_text())["metrics"] for d in ("one", "two")}

@@ -15,7 +15,7 @@ import train_llama
 from gwt_lab.data.lm import TextSource, eval_batches, epoch_documents, load_tokenizer
 from gwt_lab.models import LLAMA_ARCH_KEYS, build_llama
 from gwt_lab.train import causal_lm_loss_sum, read_metrics, read_result
-from tests.helpers import ROOT, compose_cfg, reset_accelerate
+from tests.helpers import ROOT, compose_cfg, reset_accelerate, torchrun
 
 
 @pytest.fixture(autouse=True)
@@ -178,10 +178,8 @@ def test_two_processes_match_one_process(tmp_path):
     one = subprocess.run([sys.executable, "train_llama.py", *common, "trainer.micro_batch_size=4",
                           f"output_dir={tmp_path / 'one'}"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", "train_llama.py", *common, "trainer.micro_batch_size=2",
-                          f"output_dir={tmp_path / 'two'}"], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert two.returncode == 0, two.stderr[-3000:]
+    torchrun("train_llama.py", [*common, "trainer.micro_batch_size=2", f"output_dir={tmp_path / 'two'}"],
+             tmp_path / "logs", env=env)
     a, b = read_metrics(tmp_path / "one" / "metrics.jsonl"), read_metrics(tmp_path / "two" / "metrics.jsonl")
     assert read_result(tmp_path / "two")["metrics"]["world_size"] == 2
     assert [r["step"] for r in a] == [r["step"] for r in b]
@@ -205,3 +203,15 @@ def test_pretrain_summary_tables(tmp_path):
     assert "| Full-Rank |" in text and "| Haar-2 |" in text
     for m in results.values():
         assert f"{m['eval_loss']:.4f}" in text and f"{m['tokens_seen']:,}" in text
+
+
+def test_a_failed_rank_shows_its_own_output(tmp_path):
+    """The torchrun helper of the multi-process tests: when a rank dies by a signal, the failure
+    names it with that rank's own last lines and its Python stack (not just the launcher's summary)."""
+    script = tmp_path / "abort_on_rank_1.py"
+    script.write_text("import os\nprint('rank', os.environ['RANK'], 'started', flush=True)\n"
+                      "if os.environ['RANK'] == '1':\n    os.abort()\n")
+    with pytest.raises(AssertionError) as failed:
+        torchrun(script, [], tmp_path / "logs")
+    text = str(failed.value)
+    assert "rank 1 started" in text and "Fatal Python error: Aborted" in text and "abort_on_rank_1.py" in text
