@@ -2,7 +2,8 @@
 LLaMA, summarised from the committed runs.
 
 Usage:
-    python scripts/reduced_table1.py                      # writes summary.json, README.md, two PNGs
+    python scripts/reduced_table1.py                      # writes summary.json, README.md, two PNGs and
+                                                          # the study's block in the project's README.md
     python scripts/reduced_table1.py --study results/reduced_table1 --no-figures
 
 Reads every finished run (``result.json``) under ``<study>/runs``; writes ``<study>/summary.json``
@@ -321,6 +322,58 @@ def readme(summary: dict, protocol_text: str) -> str:
     return "\n".join(lines)
 
 
+#: The part of the project's README that this script writes (between the two markers).
+README_BEGIN = "<!-- reduced_table1:begin (written by python scripts/reduced_table1.py; do not edit) -->"
+README_END = "<!-- reduced_table1:end -->"
+
+
+def readme_block(summary: dict) -> str:
+    """The study's standing for the project's README: the ranking table, the verdict, the level and
+    alpha series and what is still missing, all from ``summary``."""
+    hours = summary["train_time_s_total"] / 3600
+    missing = len(summary["missing"])
+    lines = [f"**Where it stands** ({summary['runs_used']} runs, {hours:.1f} CPU-hours of training"
+             + (f"; {missing} runs still missing, listed with their commands in `results/reduced_table1/README.md`"
+                if missing else "; every planned run done") + "). Validation perplexity, mean ± std of "
+             f"{len(summary['seeds'])} seeds at each method's bracketed best lr (in brackets: the lr and the "
+             "optimizer state relative to AdamW), best first:", ""]
+    ranked = summary["ranking"]
+    if ranked:
+        best = {r["experiment"]: r["best_lr"] for r in summary["methods"]}
+        lines += ["| " + " | ".join(r["label"] for r in ranked) + " |", "|" + "---|" * len(ranked),
+                  "| " + " | ".join(f"{r['mean_ppl']:.2f} ± {r['std_ppl']:.2f} ({best[r['experiment']]:g}, "
+                                    + ("—" if r["state_vs_adamw"] is None else f"{r['state_vs_adamw']:.2f}x") + ")"
+                                    for r in ranked) + " |", ""]
+    lines += [summary["verdict"], ""]
+    series = []
+    for name, title, key in (("level_series", "Haar levels", "level"), ("alpha_series", "alpha (Haar-2)", "alpha")):
+        s = summary[name]
+        if s["lr"] is not None:
+            series.append(f"{title} at lr {s['lr']:g}, seed {summary['seeds'][0]}: "
+                          + ", ".join(f"{p[key]:g}: {_fmt(p['ppl'])}" for p in s["points"]))
+    if series:
+        lines += ["; ".join(series) + ".", ""]
+    untuned = [r["label"] for r in summary["methods"] if r["experiment"] not in {x["experiment"] for x in ranked}]
+    if untuned:
+        lines += ["Not yet tuned (lr not bracketed or seeds missing): " + ", ".join(untuned) + ".", ""]
+    return "\n".join([README_BEGIN, *lines, README_END])
+
+
+def update_readme(path: Path, block: str) -> bool:
+    """Replace the text between the markers in ``path`` by ``block``; False (and nothing written)
+    when the file or either marker is missing."""
+    if not path.is_file():
+        return False
+    text = path.read_text()
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    new = text[:start] + block + text[end + len(README_END):]
+    if new != text:
+        path.write_text(new)
+    return True
+
+
 def protocol_description(runs: list[Run]) -> str:
     if not runs:
         return "No finished runs yet."
@@ -407,8 +460,9 @@ def figures(summary: dict, out: Path) -> list[Path]:
     return paths
 
 
-def run_study(study: Path, plan: Plan, draw: bool = True) -> dict:
-    """Read ``study/runs``, write summary.json, README.md (and the figures); return the summary."""
+def run_study(study: Path, plan: Plan, draw: bool = True, project_readme: Path | None = None) -> dict:
+    """Read ``study/runs``, write summary.json, README.md (and the figures) and, given
+    ``project_readme``, the study's block in it; return the summary."""
     runs_dir = study / "runs"
     runs = load_runs(runs_dir) if runs_dir.is_dir() else []
     incomplete = sorted(p.relative_to(study).as_posix() for p in runs_dir.glob("*")
@@ -420,6 +474,8 @@ def run_study(study: Path, plan: Plan, draw: bool = True) -> dict:
     (study / "README.md").write_text(readme(summary, protocol_description(kept)))
     if draw:
         figures(summary, study)
+    if project_readme is not None and not update_readme(project_readme, readme_block(summary)):
+        print(f"{project_readme}: no {README_BEGIN!r} ... {README_END!r} markers; its block was not written")
     return summary
 
 
@@ -427,11 +483,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Summarise the reduced-scale Table 1 study from its runs.")
     parser.add_argument("--study", default=str(STUDY), help="study folder holding runs/ (default results/reduced_table1)")
     parser.add_argument("--no-figures", action="store_true", help="skip the two PNGs")
+    parser.add_argument("--readme", default=None,
+                        help="file whose reduced_table1 block is rewritten (default: the project's README.md "
+                             "for the default study, none for another)")
     args = parser.parse_args(argv)
     study = Path(args.study)
     if study.exists() and not study.is_dir():
         parser.error(f"--study {study}: not a folder")
-    summary = run_study(study, load_plan(), draw=not args.no_figures)
+    readme_path = Path(args.readme) if args.readme else (REPO / "README.md" if study.resolve() == STUDY else None)
+    summary = run_study(study, load_plan(), draw=not args.no_figures, project_readme=readme_path)
     print(f"wrote {study}/summary.json and README.md: {summary['runs_used']} runs, "
           f"{len(summary['missing'])} missing\n{summary['verdict']}")
     return 0

@@ -181,3 +181,35 @@ def test_plan_from_the_config_files():
     assert plan.seeds == [42, 43, 44] and plan.levels == [1, 2, 3, 4, 5, 6, 7]
     assert plan.alphas == [0.1, 0.25, 0.5, 1.0]
     assert len({s["method"] for s in plan.methods.values()}) == len(plan.methods)
+
+
+def test_project_readme_block_is_written_between_its_markers_only(study, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{rt1.README_BEGIN}\nold numbers 99.9\n{rt1.README_END}\nafter\n")
+    summary = rt1.run_study(study, PLAN, draw=False, project_readme=readme)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{rt1.README_END}\nafter\n") and "99.9" not in text
+    block = text[text.index(rt1.README_BEGIN):text.index(rt1.README_END) + len(rt1.README_END)]
+    assert block == rt1.readme_block(summary)
+    # the ranking holds the two tuned methods, best first, with their lr and state; GaLore is not tuned
+    table = block.splitlines()[3:6]
+    assert table[0] == "| GWT Haar-2 | Full-Rank (AdamW) |"
+    assert table[2].startswith("| 45.10 ± 0.36 (0.03, 0.25x) | 50.17 ± 0.76 (0.003, 1.00x)")
+    assert "Not yet tuned (lr not bracketed or seeds missing): GaLore-1/4." in block and summary["verdict"] in block
+
+
+def test_project_readme_without_markers_is_left_untouched(study, tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers here\n")
+    rt1.run_study(study, PLAN, draw=False, project_readme=readme)
+    assert readme.read_text() == "no markers here\n"
+    assert "markers" in capsys.readouterr().out
+
+
+def test_the_committed_readme_block_matches_the_committed_summary():
+    """The numbers in the project's README are the ones scripts/reduced_table1.py gives for the
+    committed summary.json (rerun the script after adding runs)."""
+    summary = json.loads((ROOT / "results" / "reduced_table1" / "summary.json").read_text())
+    text = (ROOT / "README.md").read_text()
+    start, end = text.index(rt1.README_BEGIN), text.index(rt1.README_END) + len(rt1.README_END)
+    assert text[start:end] == rt1.readme_block(summary)
