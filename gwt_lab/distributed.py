@@ -31,7 +31,6 @@ from pathlib import Path
 import torch
 
 DISTRIBUTED_NAMES = ("ddp", "fsdp2")
-_OWN_GROUP = False  # a one-process group started by apply_fsdp2 (no launcher)
 SHARDED_DIR = "sharded"  # DCP folder inside a checkpoint
 # Optimizers that need whole matrices (SVD / random projections of the full gradient) and so cannot
 # step on row-sharded parameters.
@@ -120,9 +119,7 @@ def apply_fsdp2(model: torch.nn.Module, device: torch.device, world_size: int, p
         if world_size != 1:
             raise ValueError(f"distributed=fsdp2 with {world_size} processes needs a launcher (torchrun)")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0,
-                                world_size=1)
-        global _OWN_GROUP
-        _OWN_GROUP = True
+                                world_size=1)  # ended by end_process_group with the run
     mesh = init_device_mesh(device.type, (world_size,))
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16" \
         else MixedPrecisionPolicy()
@@ -137,15 +134,14 @@ def apply_fsdp2(model: torch.nn.Module, device: torch.device, world_size: int, p
     return model
 
 
-def release_process_group() -> None:
-    """Destroy the one-process group :func:`apply_fsdp2` started (launcher-made groups are left alone)."""
-    global _OWN_GROUP
-    if _OWN_GROUP:
-        import torch.distributed as dist
+def end_process_group() -> None:
+    """Destroy the default process group, whoever started it (the launcher's through Accelerate, or
+    the one-process group of :func:`apply_fsdp2`), while the interpreter is still whole. Left to the
+    interpreter's exit, gloo's threads can outlive the objects they use and abort the process."""
+    import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        _OWN_GROUP = False
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
@@ -341,5 +337,5 @@ def gather_list(value: float, device) -> list[float]:
 
 __all__ = ["DISTRIBUTED_NAMES", "SHARDED_DIR", "WHOLE_MATRIX_OPTIMIZERS", "apply_fsdp2", "check_distributed",
            "clip_grad_norm", "decoder_layers", "distributed_name", "enable_activation_checkpointing", "fill_tensors", "prepare_model",
-           "gather_list", "gather_max", "load_sharded", "local_state_bytes", "release_process_group", "save_sharded", "sharded_state",
+           "gather_list", "gather_max", "load_sharded", "local_state_bytes", "end_process_group", "save_sharded", "sharded_state",
            "split_tensors"]

@@ -45,7 +45,7 @@ from gwt_lab.train import (SCHEDULE_NAMES, CheckpointManager, MetricsLogger, Sto
 from gwt_lab.data.lm import DataError
 from gwt_lab.distributed import (DISTRIBUTED_NAMES, SHARDED_DIR, check_distributed, clip_grad_norm, distributed_name,
                                  enable_activation_checkpointing, gather_list, load_sharded, local_state_bytes,
-                                 release_process_group, sharded_state)
+                                 end_process_group, sharded_state)
 from gwt_lab.train.checkpoint import CheckpointError, CheckpointWriteError, read_meta
 from gwt_lab.train.output_dir import lock_run_dir
 from gwt_lab.train.safe_state import place_projectors
@@ -275,6 +275,13 @@ def run_training(cfg: DictConfig, task: Task) -> dict | None:
         check_config(cfg, task)
     except ValueError as err:
         fail(err)
+    try:
+        return _run(cfg, task)
+    finally:  # on every way out, also a failure or a signal: the process group ends before the interpreter
+        end_process_group()
+
+
+def _run(cfg: DictConfig, task: Task) -> dict | None:
     from accelerate import Accelerator
 
     code_version = git_commit()  # recorded in result.json: the code this run started with
@@ -509,6 +516,6 @@ def _train(cfg, task, acc, model, optimizer, scheduler, total_steps, n_params, c
     if wandb_run is not None:
         wandb_run.summary.update({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))})
         wandb_run.finish()
-    acc.end_training()
-    release_process_group()
+    # every process arrives here before any tears its connections down (see run_training's finally)
+    acc.wait_for_everyone()
     return metrics

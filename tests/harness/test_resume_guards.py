@@ -193,6 +193,21 @@ def test_a_live_run_folder_is_refused(tmp_path, capsys):
         assert {k: v for k, v in snapshot(out).items() if k.name != ".run.lock"} == before
 
 
+def test_the_process_group_ends_with_the_run_also_when_it_fails(tmp_path, capsys):
+    """distributed=fsdp2 in one process starts its own gloo group; the run ends it on every way out
+    (finished, refused after the group started, already finished), so nothing is left to the exit."""
+    import torch.distributed as dist
+
+    out = tmp_path / "run"
+    fsdp = ["distributed=fsdp2", "trainer.max_steps=2"]
+    pretrain(out, *fsdp, "trainer.checkpoint_every=1")
+    assert not dist.is_initialized()
+    (out / "result.json").unlink()
+    with lock_run_dir(out):  # refused after the model was sharded, i.e. after the group started
+        assert exit_code(pretrain, out, *fsdp, "resume=true") == 2
+    assert "in use by another run" in capsys.readouterr().err and not dist.is_initialized()
+
+
 def test_config_changes_outside_the_allow_list():
     from gwt_lab.config_checks import config_changes
 
