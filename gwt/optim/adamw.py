@@ -308,7 +308,7 @@ class GWTAdamW(GWTOptimizerBase):
     def _check_group(self, group: dict) -> None:
         group["betas"] = check_betas(group["betas"])
         lr = group["lr"]
-        if isinstance(lr, torch.Tensor):
+        if self.capturable and isinstance(lr, torch.Tensor):  # (_check_lr refuses a tensor lr otherwise)
             for i, p in enumerate(group["params"]):
                 if p.device != lr.device:
                     raise ValueError(f"lr is a tensor on {lr.device} but parameter "
