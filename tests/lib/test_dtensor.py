@@ -180,6 +180,7 @@ def _worker(rank, port, out_dir, cases):
         except RuntimeError as err:
             report["grad_layout"] = str(err)
         torch.save(report, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # neither rank closes its connections while the other may still use them
     finally:
         dist.destroy_process_group()
 
