@@ -404,6 +404,7 @@ def figures(summary: dict, out: Path) -> list[Path]:
     colors = {r["experiment"]: f"C{i % 10}" for i, r in enumerate(summary["methods"])}  # one per method, both panels
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for ax, (title, rows) in zip(axes, panels):
+        off_scale = {}  # lr -> off-scale labels drawn there so far (stacked, so two values never overlap)
         for row in rows:
             pts = [(g["lr"], g["ppl"]) for g in row["grid"] if g["ppl"] is not None]
             if not pts:
@@ -413,8 +414,9 @@ def figures(summary: dict, out: Path) -> list[Path]:
             for (lr, ppl), (_, y) in zip(pts, shown):
                 if ppl > top:
                     ax.plot([lr], [y], marker="^", ms=8, color=line.get_color(), ls="none")
-                    ax.annotate(f"{ppl:.0f}", (lr, y), textcoords="offset points", xytext=(4, -10), fontsize=7,
-                                color=line.get_color())
+                    k = off_scale[lr] = off_scale.get(lr, -1) + 1
+                    ax.annotate(f"{ppl:.0f}", (lr, y), textcoords="offset points", xytext=(5, -11 - 9 * k),
+                                fontsize=7, color=line.get_color())
             if row["mean_ppl"] is not None and row["bracketed"]:  # mean ± std of the seeds at the best lr
                 ax.errorbar([row["best_lr"]], [row["mean_ppl"]], yerr=[row["std_ppl"] or 0.0], fmt="s", ms=6,
                             color=line.get_color(), capsize=3, mfc="white")
