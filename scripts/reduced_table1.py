@@ -332,7 +332,7 @@ def readme_block(summary: dict) -> str:
     alpha series and what is still missing, all from ``summary``."""
     hours = summary["train_time_s_total"] / 3600
     missing = len(summary["missing"])
-    lines = [f"**Where it stands** ({summary['runs_used']} runs, {hours:.1f} CPU-hours of training"
+    lines = [f"**Where it stands** ({summary['runs_used']} runs, {hours:.1f} hours of training time, one thread per run"
              + (f"; {missing} runs still missing, listed with their commands in `results/reduced_table1/README.md`"
                 if missing else "; every planned run done") + "). Validation perplexity, mean ± std of "
              f"{len(summary['seeds'])} seeds at each method's bracketed best lr (in brackets: the lr and the "
