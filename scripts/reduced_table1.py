@@ -266,8 +266,9 @@ def verdict(rows: list[dict], n_seeds: int = 3) -> str:
 def ranking(rows: list[dict], n_seeds: int = 3) -> list[dict]:
     """The methods whose lr is bracketed and whose seeds have all run, by mean perplexity."""
     done = [r for r in rows if r["bracketed"] and r["n"] >= n_seeds]
-    return [{"experiment": r["experiment"], "label": r["label"], "mean_ppl": r["mean_ppl"], "std_ppl": r["std_ppl"],
-             "state_vs_adamw": r["state_vs_adamw"]} for r in sorted(done, key=lambda r: r["mean_ppl"])]
+    return [{"experiment": r["experiment"], "label": r["label"], "best_lr": r["best_lr"], "mean_ppl": r["mean_ppl"],
+             "std_ppl": r["std_ppl"], "state_vs_adamw": r["state_vs_adamw"]}
+            for r in sorted(done, key=lambda r: r["mean_ppl"])]
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -339,9 +340,8 @@ def readme_block(summary: dict) -> str:
              "optimizer state relative to AdamW), best first:", ""]
     ranked = summary["ranking"]
     if ranked:
-        best = {r["experiment"]: r["best_lr"] for r in summary["methods"]}
         lines += ["| " + " | ".join(r["label"] for r in ranked) + " |", "|" + "---|" * len(ranked),
-                  "| " + " | ".join(f"{r['mean_ppl']:.2f} ± {r['std_ppl']:.2f} ({best[r['experiment']]:g}, "
+                  "| " + " | ".join(f"{r['mean_ppl']:.2f} ± {r['std_ppl']:.2f} ({r['best_lr']:g}, "
                                     + ("—" if r["state_vs_adamw"] is None else f"{r['state_vs_adamw']:.2f}x") + ")"
                                     for r in ranked) + " |", ""]
     lines += [summary["verdict"], ""]
@@ -353,7 +353,8 @@ def readme_block(summary: dict) -> str:
                           + ", ".join(f"{p[key]:g}: {_fmt(p['ppl'])}" for p in s["points"]))
     if series:
         lines += ["; ".join(series) + ".", ""]
-    untuned = [r["label"] for r in summary["methods"] if r["experiment"] not in {x["experiment"] for x in ranked}]
+    tuned = {r["experiment"] for r in ranked}
+    untuned = [r["label"] for r in summary["methods"] if r["experiment"] not in tuned]
     if untuned:
         lines += ["Not yet tuned (lr not bracketed or seeds missing): " + ", ".join(untuned) + ".", ""]
     return "\n".join([README_BEGIN, *lines, README_END])

@@ -26,15 +26,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_command(script, args, nproc: int = 2, log_dir=None) -> list[str]:
+    """The torchrun command line for ``script args`` on ``nproc`` processes and a free port; with
+    ``log_dir``, each rank's output is also kept there (``--tee``)."""
+    logs = [] if log_dir is None else ["--log-dir", str(log_dir), "--tee", "3"]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+            str(free_port()), *logs, str(script), *map(str, args)]
+
+
 def torchrun(script, args, log_dir, nproc: int = 2, env=None, timeout=None) -> subprocess.CompletedProcess:
     """``script args`` on ``nproc`` CPU processes through torchrun, on a free port, each rank's output
     also kept under ``log_dir`` (``--tee``). A failed run fails the test with every rank's last lines:
     the launcher's own summary says only that a rank died, not why. Python's fault handler is on, so
     a rank killed by a signal leaves its Python stack in those lines."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-           str(free_port()), "--log-dir", str(log_dir), "--tee", "3", str(script), *map(str, args)]
     env = {**(os.environ if env is None else env), "PYTHONFAULTHANDLER": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(torchrun_command(script, args, nproc, log_dir), cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         ranks = [f"--- {f.relative_to(log_dir)}\n{f.read_text(errors='replace')[-2500:]}"
                  for f in sorted(Path(log_dir).rglob("std*.log")) if f.stat().st_size]

@@ -17,7 +17,7 @@ import torch
 import train_llama
 from gwt_lab.distributed import _MetadataUnpickler, fill_tensors, split_tensors
 from gwt_lab.train import read_metrics, read_result
-from tests.helpers import ROOT, compose_cfg, free_port, reset_accelerate, torchrun
+from tests.helpers import ROOT, compose_cfg, reset_accelerate, torchrun, torchrun_command
 
 COMMON = ["model=llama_tiny", "model.vocab_size=4096", "data=c4_local", "logger=none", "precision=fp32", "cpu=true",
           "tokenizer=t5-base", "distributed=fsdp2", "trainer.total_batch_size=8", "trainer.seq_len=32",
@@ -33,9 +33,7 @@ def launch(out, nproc: int, *overrides, wait: bool = True):
     if nproc > 1 and wait:
         torchrun("train_llama.py", args, tempfile.mkdtemp(prefix="torchrun-", dir=out.parent), nproc=nproc, env=ENV)
         return read_result(out)["metrics"]
-    cmd = [sys.executable, "train_llama.py", *args]
-    if nproc > 1:
-        cmd[1:1] = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
+    cmd = torchrun_command("train_llama.py", args, nproc) if nproc > 1 else [sys.executable, "train_llama.py", *args]
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)

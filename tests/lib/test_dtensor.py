@@ -3,7 +3,6 @@
 One spawn of 2 processes runs every case; each rank writes what it saw to a file the tests read.
 """
 import os
-import socket
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ import torch.nn as nn
 from gwt import GWT, GWTAdafactor, GWTAdamW, estimate_state_bytes, optimizer_state_bytes
 from gwt.optim import cpu_kernel
 from gwt.optim.distributed import local_rows
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.slow  # spawns 2 processes (~20 s on 2 shared cores)
 
@@ -193,12 +193,6 @@ def _replicated_grad():
     return torch.linspace(0.5, -0.7, 24).reshape(4, 6) ** 3
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _reference(case):
     model = _model()
     opt = CASES[case](model)
@@ -218,7 +212,7 @@ def sharded_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("dtensor")
     _, ref_opt = _reference("haar2_torch")
     torch.save(ref_opt.state_dict(), out / "whole_state")
-    mp.spawn(_worker, args=(_free_port(), str(out), cases), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(out), cases), nprocs=WORLD, join=True)
     reports = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     return cases, reports, ref_opt
 
